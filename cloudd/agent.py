@@ -1,0 +1,84 @@
+"""The node agent: registers this node's roles and inventory, then renews its lease.
+
+Written as ``step(env)``; the daemon calls it every ``heartbeat_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cloudd import __version__
+from cloudd.env import Env
+from cloudd.errors import CloudError
+
+log = logging.getLogger(__name__)
+
+
+def read_meminfo_mb(path: str = "/proc/meminfo") -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                values[key] = int(parts[0]) // 1024
+    except OSError:
+        pass
+    return values
+
+
+def host_inventory(data_dir: str) -> dict[str, Any]:
+    """What this host offers: CPUs, RAM, disk of the data dir, and a few facts."""
+    mem = read_meminfo_mb()
+    disk = shutil.disk_usage(data_dir)
+    return {
+        "cpus": os.cpu_count() or 1,
+        "ram_mb": max(1, mem.get("MemTotal", 1)),
+        "disk_gb": round(disk.total / 2**30, 1),
+        "facts": {
+            "hostname": platform.node()[:64],
+            "kernel": platform.release()[:64],
+            "arch": platform.machine()[:32],
+            "kvm": os.path.exists("/dev/kvm"),
+            "python": platform.python_version(),
+        },
+    }
+
+
+def host_usage(data_dir: str) -> dict[str, Any]:
+    mem = read_meminfo_mb()
+    disk = shutil.disk_usage(data_dir)
+    load1 = os.getloadavg()[0]
+    return {
+        "ram_used_mb": max(0, mem.get("MemTotal", 0) - mem.get("MemAvailable", 0)),
+        "disk_used_gb": round(disk.used / 2**30, 2),
+        "load1": round(load1, 2),
+    }
+
+
+class Agent:
+    def __init__(self, data_dir: str, roles: list[str]) -> None:
+        self.data_dir = data_dir
+        self.roles = roles
+        self.registered = False
+
+    async def step(self, env: Env) -> None:
+        try:
+            if not self.registered:
+                args = {"name": env.node_name, "roles": self.roles, "inventory": host_inventory(self.data_dir), "version": __version__}
+                outcome = await env.propose("node.register", args)
+                if "error" in outcome:
+                    log.error("registration refused: %s", outcome["error"]["message"])
+                    return
+                self.registered = True
+                log.info("registered with roles %s", ",".join(self.roles))
+            outcome = await env.propose("node.heartbeat", {"name": env.node_name, "usage": host_usage(self.data_dir)})
+            if "error" in outcome:
+                log.warning("lease renewal refused: %s", outcome["error"]["message"])
+        except CloudError as exc:
+            log.warning("lease renewal failed: %s", exc.message)

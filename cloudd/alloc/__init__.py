@@ -1,0 +1,1 @@
+"""Pure placement, scoring and rebalance planning: later issues."""

@@ -1,0 +1,106 @@
+"""Node commands: inventory registration, lease renewal, status and maintenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudd.commands.cluster import ROLES
+from cloudd.commands.common import NODE_NAME, get_node, require_initialized
+from cloudd.commands.registry import Context, command
+from cloudd.errors import CloudError
+from cloudd.model.state import State
+from cloudd.validate import Field
+
+STATUSES = ("up", "suspect", "down", "maintenance")
+
+FACT = Field("any", check=lambda v: None if isinstance(v, (str, int, float, bool)) else "must be a scalar")
+
+INVENTORY = {
+    "cpus": Field("int", min=1, max=4096),
+    "ram_mb": Field("int", min=1, max=1 << 30),
+    "disk_gb": Field("num", min=0, max=1 << 30),
+    "facts": Field("dict", required=False, max_len=64, item=FACT),
+}
+
+USAGE = {
+    "cpu_pct": Field("num", min=0, max=100_000, required=False),
+    "ram_used_mb": Field("int", min=0, max=1 << 30, required=False),
+    "disk_used_gb": Field("num", min=0, max=1 << 30, required=False),
+    "load1": Field("num", min=0, max=1 << 20, required=False),
+}
+
+
+@command(
+    "node.register",
+    {
+        "name": NODE_NAME,
+        "roles": Field("list", max_len=len(ROLES), item=Field("str", choices=ROLES)),
+        "inventory": Field("obj", spec=INVENTORY),
+        "version": Field("str", max_len=32, required=False),
+    },
+)
+def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """An admitted node reports its roles and inventory (at every start)."""
+    require_initialized(state)
+    node = get_node(state, args["name"])
+    if len(set(args["roles"])) != len(args["roles"]):
+        raise CloudError("invalid", "roles must not repeat")
+    node["roles"] = sorted(args["roles"])
+    node["inventory"] = args["inventory"]
+    node["version"] = args.get("version")
+    node["registered_at"] = ctx.ts
+    return {"name": node["name"], "lease_seq": node["lease_seq"]}
+
+
+@command(
+    "node.heartbeat",
+    {"name": NODE_NAME, "usage": Field("obj", spec=USAGE, required=False)},
+    audit=False,
+    remember=False,
+)
+def node_heartbeat(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Renew the node's lease; the leader reads ``lease_seq`` changes on its own clock."""
+    node = get_node(state, args["name"])
+    node["lease_seq"] += 1
+    node["last_heartbeat"] = ctx.ts
+    if "usage" in args:
+        node["usage"] = args["usage"]
+    return {"lease_seq": node["lease_seq"]}
+
+
+@command(
+    "node.status_set",
+    {
+        "name": NODE_NAME,
+        "status": Field("str", choices=STATUSES),
+        "observed_seq": Field("int", min=0),
+        "reason": Field("str", max_len=200, required=False),
+    },
+)
+def node_status_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """The leader's verdict on a node's liveness.
+
+    ``observed_seq`` is the lease sequence the leader judged; a renewal committed since
+    makes the verdict stale, and it is refused rather than marking a live node down.
+    """
+    node = get_node(state, args["name"])
+    if args["status"] in ("suspect", "down") and node["lease_seq"] != args["observed_seq"]:
+        raise CloudError("conflict", "the node renewed its lease after this verdict", {"lease_seq": node["lease_seq"]})
+    if args["status"] == "maintenance" and not node["maintenance"]:
+        raise CloudError("conflict", "the node is not in maintenance")
+    if node["status"] != args["status"]:
+        node["status"] = args["status"]
+        node["status_since"] = ctx.ts
+        node["status_reason"] = args.get("reason")
+    return {"name": node["name"], "status": node["status"]}
+
+
+@command("node.maintenance_set", {"name": NODE_NAME, "enabled": Field("bool")})
+def node_maintenance_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """An admin puts a node into maintenance or takes it out."""
+    node = get_node(state, args["name"])
+    node["maintenance"] = args["enabled"]
+    if not args["enabled"] and node["status"] == "maintenance":
+        node["status"] = "up"
+        node["status_since"] = ctx.ts
+    return {"name": node["name"], "maintenance": node["maintenance"]}

@@ -1,0 +1,180 @@
+"""The command registry and the one deterministic ``apply``.
+
+A command is JSON: ``{"op": "node.register", "v": 1, "id": <request id>, "ts": <proposer
+time>, "actor": {...}, "args": {...}}``. ``apply_command`` never raises, never reads the
+clock, randomness, the disk or the network: time and ids travel inside the command. A
+command that fails validation returns an error value and leaves the resources unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import orjson
+
+from cloudd.errors import CloudError
+from cloudd.model.state import State
+from cloudd.validate import ID_RE, Field, check_args
+
+log = logging.getLogger(__name__)
+
+COMMAND_VERSION = 1
+MAX_COMMAND_BYTES = 1 << 20
+
+ENVELOPE = {
+    "op": Field("str", max_len=64),
+    "v": Field("int", min=1, max=COMMAND_VERSION),
+    "id": Field("str", pattern=ID_RE),
+    "ts": Field("num", min=0),
+    "actor": Field("dict", required=False, max_len=8),
+    "args": Field("dict"),
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a handler may know besides its arguments: all of it from the command."""
+
+    index: int
+    ts: float
+    request_id: str
+    actor: Mapping[str, Any]
+
+
+Handler = Callable[[State, Context, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One replicated operation, named object-then-verb (``node.register``).
+
+    The handler must check everything before it mutates: when it raises ``CloudError``
+    the state must be as it was.
+    ``audit``: leave an event. ``remember``: cache the result under the request id.
+    """
+
+    op: str
+    args: Mapping[str, Field]
+    handler: Handler
+    audit: bool = True
+    remember: bool = True
+    target: str | None = None
+    doc: str = ""
+
+
+REGISTRY: dict[str, CommandSpec] = {}
+
+
+def command(
+    op: str,
+    args: Mapping[str, Field],
+    *,
+    audit: bool = True,
+    remember: bool = True,
+    target: str | None = "name",
+) -> Callable[[Handler], Handler]:
+    """Register ``handler`` for ``op``; ``target`` names the argument the event shows."""
+
+    def register(handler: Handler) -> Handler:
+        if op in REGISTRY:
+            raise ValueError(f"command {op} registered twice")
+        REGISTRY[op] = CommandSpec(op, args, handler, audit, remember, target, handler.__doc__ or "")
+        return handler
+
+    return register
+
+
+@dataclass
+class Outcome:
+    """The result of applying one log entry; ``to_dict`` is what proposers receive."""
+
+    index: int
+    result: Any = None
+    error: dict[str, Any] | None = None
+    duplicate: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.error is not None:
+            out["error"] = self.error
+        else:
+            out["result"] = self.result
+        if self.duplicate:
+            out["duplicate"] = True
+        return out
+
+
+def _decode(raw: bytes | str) -> dict[str, Any]:
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise CloudError("payload_too_large", "command is larger than 1 MiB")
+    try:
+        cmd = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CloudError("invalid", f"command is not JSON: {exc}") from None
+    return check_args(cmd, ENVELOPE, prefix="command.")
+
+
+def apply_command(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
+    """Apply one serialized command at log ``index``. Never raises."""
+    state.applied_index = index
+    try:
+        cmd = _decode(raw)
+    except CloudError as exc:
+        return Outcome(index, error=exc.to_dict()).to_dict()
+
+    cached = state.requests.get(cmd["id"])
+    if cached is not None:
+        return Outcome(cached["index"], cached.get("result"), cached.get("error"), duplicate=True).to_dict()
+
+    spec = REGISTRY.get(cmd["op"])
+    outcome = Outcome(index)
+    if spec is None:
+        outcome.error = CloudError("invalid", f"unknown command {cmd['op']}").to_dict()
+        return outcome.to_dict()
+
+    actor = cmd.get("actor") or {}
+    ctx = Context(index=index, ts=float(cmd["ts"]), request_id=cmd["id"], actor=actor)
+    try:
+        args = check_args(cmd["args"], spec.args, prefix="")
+        outcome.result = spec.handler(state, ctx, args)
+    except CloudError as exc:
+        outcome.error = exc.to_dict()
+    except Exception:  # a bug in a handler: same on every replica, so still deterministic
+        log.exception("command %s (request %s) failed inside its handler", cmd["op"], cmd["id"])
+        outcome.error = CloudError("internal", f"internal error while applying {cmd['op']}").to_dict()
+
+    if spec.remember:
+        entry: dict[str, Any] = {"index": index}
+        if outcome.error is None:
+            entry["result"] = outcome.result
+        else:
+            entry["error"] = outcome.error
+        state.remember_request(cmd["id"], ctx.ts, entry)
+    if spec.audit:
+        target = cmd["args"].get(spec.target) if spec.target and isinstance(cmd["args"], dict) else None
+        state.add_event(
+            {
+                "ts": ctx.ts,
+                "op": spec.op,
+                "target": target if isinstance(target, (str, int)) else None,
+                "actor": {k: v for k, v in actor.items() if k in ("user", "node", "addr")},
+                "request_id": cmd["id"],
+                "index": index,
+                "outcome": "ok" if outcome.error is None else outcome.error["code"],
+                "message": None if outcome.error is None else outcome.error["message"],
+            }
+        )
+    return outcome.to_dict()
+
+
+def make_command(
+    op: str, args: dict[str, Any], request_id: str, ts: float, actor: Mapping[str, Any] | None = None
+) -> bytes:
+    """Serialize a command for proposal."""
+    cmd: dict[str, Any] = {"op": op, "v": COMMAND_VERSION, "id": request_id, "ts": ts, "args": args}
+    if actor:
+        cmd["actor"] = dict(actor)
+    return orjson.dumps(cmd)

@@ -1,0 +1,86 @@
+"""A node's local configuration: ``<data dir>/node.json`` and ``<data dir>/cluster.secret``.
+
+Written by ``cloudd init`` / ``cloudd join``, read by ``cloudd serve``. The secret file
+is 0600 and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+NODE_FILE = "node.json"
+SECRET_FILE = "cluster.secret"
+
+
+@dataclass
+class Timings:
+    """Agent and manager periods (seconds)."""
+
+    heartbeat_interval: float = 2.0
+    suspect_after: float = 6.0
+    down_after: float = 15.0
+    manager_interval: float = 1.0
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    cluster_id: str
+    api_addr: str
+    raft_addr: str | None
+    membership: str
+    peers: list[str]
+    api_peers: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=lambda: ["hypervisor", "storage"])
+    timings: Timings = field(default_factory=Timings)
+    data_dir: str = ""
+
+    @property
+    def journal_file(self) -> str:
+        return str(Path(self.data_dir) / "raft.journal")
+
+    @property
+    def snapshot_file(self) -> str:
+        return str(Path(self.data_dir) / "raft.snapshot")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("data_dir")
+        return data
+
+    def save(self) -> None:
+        path = Path(self.data_dir) / NODE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> "NodeConfig":
+        path = Path(data_dir) / NODE_FILE
+        try:
+            data = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise SystemExit(f"{path} not found: run 'cloudd init' or 'cloudd join' first") from None
+        timings = Timings(**data.pop("timings", {}))
+        return cls(**data, timings=timings, data_dir=str(Path(data_dir).resolve()))
+
+
+def write_secret(data_dir: str | Path, secret: str) -> None:
+    path = Path(data_dir) / SECRET_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    os.chmod(path, 0o600)
+
+
+def read_secret(data_dir: str | Path) -> str:
+    path = Path(data_dir) / SECRET_FILE
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SystemExit(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    return path.read_text().strip()

@@ -1,0 +1,137 @@
+"""``cloudd serve``: Raft, the HTTP server, the agent and the manager in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import uvicorn
+
+from cloudd.agent import Agent
+from cloudd.config import NodeConfig, read_secret
+from cloudd.manager import Manager
+from cloudd.raft.node import ReplicatedState
+from cloudd.runtime import NodeRuntime
+from cloudd.web.app import create_app
+
+log = logging.getLogger("cloudd")
+
+PID_FILE = "cloudd.pid"
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after serving, which would kill us before Raft shuts down."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def open_replica(config: NodeConfig, secret: str) -> ReplicatedState:
+    return ReplicatedState(
+        self_addr=config.raft_addr if config.membership == "voter" else None,
+        partners=config.peers,
+        secret=secret,
+        journal_file=config.journal_file,
+        snapshot_file=config.snapshot_file,
+    )
+
+
+async def _every(interval: float, step, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    while not stop.is_set():
+        try:
+            await step()
+        except Exception:
+            log.exception("periodic task %s failed", getattr(step, "__qualname__", step))
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _remember_peers(runtime: NodeRuntime) -> None:
+    """Keep node.json's voter list current so a restart finds the cluster."""
+    voters = runtime.raft.voter_addrs() if runtime.raft.is_voter else None
+    with runtime.raft.lock:
+        known = sorted(n["raft_addr"] for n in runtime.raft.state.nodes.values() if n["membership"] == "voter" and n["raft_addr"])
+        api_addrs = sorted(n["api_addr"] for n in runtime.raft.state.nodes.values())
+    peers = voters if voters else known
+    if peers and (peers != runtime.config.peers or api_addrs != runtime.config.api_peers):
+        runtime.config.peers = peers
+        if api_addrs:
+            runtime.config.api_peers = api_addrs
+        runtime.config.save()
+
+
+async def serve_async(config: NodeConfig, secret: str) -> None:
+    raft = open_replica(config, secret)
+    runtime = NodeRuntime.build(config, secret, raft)
+    host, port = config.api_addr.rsplit(":", 1)
+    server = GracefulServer(
+        uvicorn.Config(
+            create_app(runtime),
+            host=host.strip("[]"),
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+            loop="asyncio",
+            http="httptools",
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+        )
+    )
+    stop = asyncio.Event()
+    agent = Agent(config.data_dir, config.roles)
+    manager = Manager(config.timings)
+    tasks = [
+        asyncio.create_task(_every(config.timings.heartbeat_interval, lambda: agent.step(runtime.env), stop)),
+        asyncio.create_task(_every(config.timings.manager_interval, lambda: manager.step(runtime.env), stop)),
+        asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(_remember_peers, runtime), stop)),
+    ]
+    log.info("node %s serving the API on http://%s (raft %s, %s)", config.name, config.api_addr, config.raft_addr, config.membership)
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raft.destroy()
+        log.info("node %s stopped", config.name)
+
+
+def serve(data_dir: str) -> None:
+    config = NodeConfig.load(data_dir)
+    secret = read_secret(data_dir)
+    pid_path = Path(config.data_dir) / PID_FILE
+    pid_path.write_text(str(os.getpid()))
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve_async(config, secret))
+        else:
+            uvloop.run(serve_async(config, secret))
+    finally:
+        try:
+            if pid_path.read_text() == str(os.getpid()):
+                pid_path.unlink()
+        except OSError:
+            pass
+
+
+def signal_daemon(data_dir: str, sig: int = signal.SIGTERM) -> bool:
+    try:
+        pid = int((Path(data_dir) / PID_FILE).read_text())
+        os.kill(pid, sig)
+        return True
+    except (OSError, ValueError):
+        return False

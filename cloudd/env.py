@@ -1,0 +1,59 @@
+"""The seam between decisions and the world.
+
+The agent and the manager are written as ``step(env)``: one iteration against an ``Env``
+that gives them time, leadership, the state and a way to propose commands. The
+production Env (``RaftEnv``) wraps Raft and the real clocks; tests and the simulator pass
+their own with a virtual clock.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from cloudd.model.state import State
+from cloudd.raft.node import ReplicatedState
+from cloudd.raft.proposer import Proposer
+
+
+class Env(Protocol):
+    node_name: str
+
+    def monotonic(self) -> float:
+        """This node's monotonic clock (never jumps; not comparable across nodes)."""
+
+    def wall(self) -> float:
+        """Wall-clock time for command timestamps and display."""
+
+    def is_leader(self) -> bool:
+        """Whether this node believes it leads (two nodes may, briefly: act via commands)."""
+
+    def state(self) -> State:
+        """The local replica. Read it only; it changes when commands apply."""
+
+    async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Commit a command; returns the outcome (``result`` or ``error``) or raises CloudError."""
+
+
+class RaftEnv:
+    """The production Env of one node."""
+
+    def __init__(self, node_name: str, raft: ReplicatedState, proposer: Proposer) -> None:
+        self.node_name = node_name
+        self.raft = raft
+        self.proposer = proposer
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def is_leader(self) -> bool:
+        return self.raft.is_leader
+
+    def state(self) -> State:
+        return self.raft.state
+
+    async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.proposer.submit(op, args, actor={"node": self.node_name}, deadline_s=4.0)

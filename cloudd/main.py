@@ -1,0 +1,257 @@
+"""``cloudd``: the daemon and its node-admin commands (run as root on the node itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+import orjson
+
+from cloudd.config import NodeConfig, Timings, read_secret, write_secret
+from cloudd.security import generate_password, hash_password, join_proof, open_for_joiner, sign_node_request
+
+DEFAULT_DATA_DIR = "/var/lib/cloudd"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+data_dir_option = click.option(
+    "--data-dir", default=DEFAULT_DATA_DIR, show_default=True, envvar="CLOUDD_DATA_DIR", help="This node's state directory."
+)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """cloudd: the node daemon and its node-admin commands.
+
+    \b
+    New cluster:   cloudd init --name node1 --api-addr 10.0.0.1:8400 --raft-addr 10.0.0.1:8500
+                   cloudd serve
+    Another node:  cloudd join 10.0.0.1:8400 --token cdj.… --name node2 --api-addr … --raft-addr …
+                   cloudd serve
+    """
+    _setup_logging(verbose)
+
+
+def _check_fresh(data_dir: Path) -> None:
+    if (data_dir / "node.json").exists():
+        _fail(f"{data_dir} already holds a node (node.json exists); use another --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+
+
+async def _bootstrap(config: NodeConfig, secret: str, admin: str, password_hash: str, cluster_name: str, max_voters: int) -> dict[str, str]:
+    from cloudd.daemon import open_replica
+    from cloudd.raft.proposer import Proposer
+
+    raft = open_replica(config, secret)
+    try:
+        proposer = Proposer(raft)
+        actor = {"node": config.name}
+        await proposer.submit_ok(
+            "cluster.init",
+            {
+                "cluster_id": config.cluster_id,
+                "name": cluster_name,
+                "max_voters": max_voters,
+                "admin": {"name": admin, "password_hash": password_hash},
+                "node": {"name": config.name, "raft_addr": config.raft_addr, "api_addr": config.api_addr},
+            },
+            actor=actor,
+            deadline_s=20.0,
+        )
+        token = secrets.token_hex(8)
+        key = secrets.token_urlsafe(32).encode().hex()
+        await proposer.submit_ok(
+            "cluster.join_token_create",
+            {"token_id": token, "key": key, "expires_at": time.time() + 3600},
+            actor=actor,
+        )
+        return {"join_token": f"cdj.{token}.{key}"}
+    finally:
+        raft.destroy()
+        time.sleep(0.3)
+
+
+@cli.command()
+@data_dir_option
+@click.option("--name", required=True, help="This node's name (a hostname label).")
+@click.option("--api-addr", required=True, help="host:port of this node's HTTP API.")
+@click.option("--raft-addr", required=True, help="host:port of this node's Raft port (cluster network).")
+@click.option("--cluster-name", default="cloudd", show_default=True)
+@click.option("--max-voters", type=click.Choice(["1", "3", "5"]), default="3", show_default=True, help="Voting members; further nodes join as non-voting replicas.")
+@click.option("--admin", "admin_name", default="admin", show_default=True, help="Name of the first admin user.")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="Write the admin password here (0600) instead of printing it.")
+@click.option("--roles", default="hypervisor,storage", show_default=True)
+def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str) -> None:
+    """Create a new cluster with this node as its first voter and an admin user."""
+    from cloudd.validate import ADDRESS_RE, HOSTNAME_RE, USERNAME_RE
+
+    if not HOSTNAME_RE.fullmatch(name):
+        _fail("--name must be a lowercase hostname label (a-z, 0-9, -)")
+    if not USERNAME_RE.fullmatch(admin_name):
+        _fail("--admin must be a lowercase user name")
+    for label, addr in (("--api-addr", api_addr), ("--raft-addr", raft_addr)):
+        if not ADDRESS_RE.fullmatch(addr):
+            _fail(f"{label} must be host:port")
+    path = Path(data_dir)
+    _check_fresh(path)
+    secret = secrets.token_urlsafe(32)
+    config = NodeConfig(
+        name=name,
+        cluster_id=secrets.token_hex(8),
+        api_addr=api_addr,
+        raft_addr=raft_addr,
+        membership="voter",
+        peers=[raft_addr],
+        api_peers=[api_addr],
+        roles=[r for r in roles.split(",") if r],
+        timings=Timings(),
+        data_dir=str(path.resolve()),
+    )
+    write_secret(path, secret)
+    config.save()
+    password = generate_password()
+    out = asyncio.run(_bootstrap(config, secret, admin_name, hash_password(password), cluster_name, int(max_voters)))
+    click.echo(f"cluster {config.cluster_id} created; node {name} is its first voter")
+    if password_file:
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        click.echo(f"admin user: {admin_name} (password written to {password_file})")
+    else:
+        click.echo(f"admin user: {admin_name}  password: {password}   (shown once: store it now)")
+    click.echo(f"join token (1 h, one node): {out['join_token']}")
+    click.echo(f"start the node:  cloudd serve --data-dir {config.data_dir}")
+
+
+@cli.command()
+@click.argument("address")
+@data_dir_option
+@click.option("--token", required=True, envvar="CLOUDD_JOIN_TOKEN", help="A join token (cdj.…) from 'cloudd token' or 'cloudctl cluster join-token'.")
+@click.option("--name", required=True)
+@click.option("--api-addr", required=True)
+@click.option("--raft-addr", default=None, help="Needed to become a voter; without it the node joins as a non-voting replica.")
+@click.option("--as", "want", type=click.Choice(["auto", "voter", "replica"]), default="auto", show_default=True)
+@click.option("--roles", default="hypervisor,storage", show_default=True)
+def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str) -> None:
+    """Join the cluster that serves its API at ADDRESS (host:port)."""
+    parts = token.strip().split(".")
+    if len(parts) != 3 or parts[0] != "cdj":
+        _fail("the token must look like cdj.<id>.<key>")
+    _, token_id, key = parts
+    try:
+        bytes.fromhex(key)
+    except ValueError:
+        _fail("the token's key is not valid")
+    path = Path(data_dir)
+    _check_fresh(path)
+    body = {"token_id": token_id, "name": name, "raft_addr": raft_addr, "api_addr": api_addr, "want": want}
+    body["proof"] = join_proof(key, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    try:
+        reply = httpx.post(f"http://{address}/api/v1/cluster/join", json=body, timeout=30.0)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {address}: {exc}")
+    if reply.status_code >= 400:
+        try:
+            message = reply.json()["error"]["message"]
+        except Exception:
+            message = reply.text[:200]
+        _fail(f"join refused ({reply.status_code}): {message}")
+    data = reply.json()
+    secret = open_for_joiner(key, data["sealed_secret"]).decode()
+    config = NodeConfig(
+        name=name,
+        cluster_id=data["cluster_id"],
+        api_addr=api_addr,
+        raft_addr=raft_addr if data["membership"] == "voter" else None,
+        membership=data["membership"],
+        peers=data["voters"],
+        api_peers=data["api_addrs"],
+        roles=[r for r in roles.split(",") if r],
+        data_dir=str(path.resolve()),
+    )
+    write_secret(path, secret)
+    config.save()
+    click.echo(f"joined cluster {data['cluster_id']} as a {data['membership']}")
+    click.echo(f"start the node:  cloudd serve --data-dir {config.data_dir}")
+
+
+@cli.command()
+@data_dir_option
+def serve(data_dir: str) -> None:
+    """Run this node: Raft, the API, the agent and (when leading) the manager."""
+    from cloudd.daemon import serve as run
+
+    run(data_dir)
+
+
+def _signed(config: NodeConfig, secret: str, method: str, path: str, body: bytes = b"", targets: list[str] | None = None) -> httpx.Response:
+    header = sign_node_request(secret, config.name, method, path, body)
+    last: Exception | None = None
+    for addr in targets or [config.api_addr, *config.api_peers]:
+        try:
+            return httpx.request(
+                method, f"http://{addr}{path}", content=body or None, timeout=60.0,
+                headers={"X-Cloudd-Node": header, "Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            last = exc
+    _fail(f"no node answered: {last}")
+    raise AssertionError
+
+
+@cli.command()
+@data_dir_option
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the token stays valid.")
+def token(data_dir: str, ttl: int) -> None:
+    """Print a one-time join token for a new node (needs the running cluster)."""
+    config = NodeConfig.load(data_dir)
+    reply = _signed(config, read_secret(data_dir), "POST", "/api/v1/cluster/join-tokens", orjson.dumps({"ttl_seconds": ttl}))
+    if reply.status_code >= 400:
+        _fail(reply.json()["error"]["message"])
+    click.echo(reply.json()["token"])
+
+
+@cli.command()
+@data_dir_option
+def leave(data_dir: str) -> None:
+    """Take this node out of the cluster (leadership is handed over first) and stop it."""
+    from cloudd.daemon import signal_daemon
+
+    config = NodeConfig.load(data_dir)
+    reply = _signed(config, read_secret(data_dir), "DELETE", f"/api/v1/cluster/nodes/{config.name}")
+    if reply.status_code >= 400:
+        _fail(reply.json()["error"]["message"])
+    stopped = signal_daemon(config.data_dir)
+    node_file = Path(config.data_dir) / "node.json"
+    node_file.rename(node_file.with_suffix(".json.left"))
+    click.echo(f"node {config.name} left the cluster" + ("; its daemon is stopping" if stopped else ""))
+
+
+def main() -> None:
+    cli(prog_name="cloudd")
+
+
+if __name__ == "__main__":
+    main()

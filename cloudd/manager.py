@@ -1,0 +1,108 @@
+"""The leader's manager. For now: node liveness from lease age.
+
+Lease age is measured on the leader's OWN monotonic clock: the manager notes when it
+last saw each node's ``lease_seq`` change. A new leader has seen nothing yet, so every
+node's age starts from zero when it takes over (the failover safety rule in DESIGN.md).
+Verdicts carry the lease sequence they judged, so one that a renewal overtook is refused
+by the state machine instead of marking a live node down.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudd.config import Timings
+from cloudd.env import Env
+from cloudd.errors import CloudError
+from cloudd.model.state import State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LeaseTracker:
+    """Per node: the last lease sequence seen and when (leader's monotonic clock)."""
+
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def observe(self, state: State, now: float) -> dict[str, float]:
+        """Record sequences; return each node's lease age in seconds."""
+        ages: dict[str, float] = {}
+        for name, node in state.nodes.items():
+            seq = node["lease_seq"]
+            previous = self.seen.get(name)
+            if previous is None or previous[0] != seq:
+                self.seen[name] = (seq, now)
+            ages[name] = now - self.seen[name][1]
+        for name in [n for n in self.seen if n not in state.nodes]:
+            del self.seen[name]
+        return ages
+
+    def reset(self) -> None:
+        self.seen.clear()
+
+
+def liveness(age: float, ever_renewed: bool, timings: Timings) -> str:
+    if not ever_renewed or age >= timings.down_after:
+        return "down"
+    if age >= timings.suspect_after:
+        return "suspect"
+    return "up"
+
+
+def node_verdicts(state: State, ages: dict[str, float], timings: Timings) -> list[dict[str, Any]]:
+    """Pure: the ``node.status_set`` arguments needed to bring statuses up to date."""
+    verdicts = []
+    for name, node in state.nodes.items():
+        if name not in ages:
+            continue
+        status = liveness(ages[name], node["lease_seq"] > 0, timings)
+        if status == "up" and node["maintenance"]:
+            status = "maintenance"
+        if status != node["status"]:
+            verdicts.append(
+                {
+                    "name": name,
+                    "status": status,
+                    "observed_seq": node["lease_seq"],
+                    "reason": f"lease age {ages[name]:.1f}s",
+                }
+            )
+    return verdicts
+
+
+class Manager:
+    """Runs on every node; acts only while this node believes it leads."""
+
+    def __init__(self, timings: Timings) -> None:
+        self.timings = timings
+        self.tracker = LeaseTracker()
+        self.leading = False
+
+    async def step(self, env: Env) -> list[dict[str, Any]]:
+        """One iteration; returns the verdicts it proposed (for tests and logs)."""
+        if not env.is_leader():
+            if self.leading:
+                log.info("no longer the leader: manager paused")
+            self.leading = False
+            self.tracker.reset()
+            return []
+        if not self.leading:
+            log.info("became the leader: lease ages start from zero")
+            self.leading = True
+        state = env.state()
+        ages = self.tracker.observe(state, env.monotonic())
+        verdicts = node_verdicts(state, ages, self.timings)
+        for verdict in verdicts:
+            try:
+                outcome = await env.propose("node.status_set", verdict)
+            except CloudError as exc:
+                log.warning("could not commit status of %s: %s", verdict["name"], exc.message)
+                continue
+            if "error" in outcome:
+                log.info("status of %s not changed: %s", verdict["name"], outcome["error"]["message"])
+            else:
+                log.info("node %s is %s (%s)", verdict["name"], verdict["status"], verdict["reason"])
+        return verdicts

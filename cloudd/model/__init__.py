@@ -1,0 +1,1 @@
+"""The replicated state model: plain dicts, changed only by command handlers."""

@@ -1,0 +1,89 @@
+"""The cluster state held by every replica.
+
+Everything here is plain JSON-able data (dicts, lists, str, int, float, bool, None) so a
+snapshot is one ``orjson`` document and two replicas can be compared by hash. Only the
+command handlers in ``cloudd.commands`` change it, from inside the replicated ``apply``.
+
+Desired state (what users and the leader asked for) and observed state (what agents
+report) are kept in separate sub-dicts of each object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+EVENT_RETENTION = 10_000
+REQUEST_RETENTION = 50_000
+REQUEST_MAX_AGE_S = 6 * 3600.0
+
+DOMAIN_KEYS = ("cluster", "nodes", "users", "tokens", "join_tokens")
+
+
+class State:
+    """All replicated data. Attributes are public; handlers mutate them directly."""
+
+    def __init__(self) -> None:
+        self.cluster: dict[str, Any] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.join_tokens: dict[str, dict[str, Any]] = {}
+        self.requests: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.event_seq = 0
+        self.applied_index = 0
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.cluster.get("id"))
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.event_seq += 1
+        event["seq"] = self.event_seq
+        self.events.append(event)
+        if len(self.events) > EVENT_RETENTION:
+            del self.events[: len(self.events) - EVENT_RETENTION]
+
+    def remember_request(self, request_id: str, ts: float, entry: dict[str, Any]) -> None:
+        """Cache a request's first result; evict by age (command time) and count."""
+        self.requests[request_id] = {"ts": ts, **entry}
+        if len(self.requests) > REQUEST_RETENTION:
+            for key in list(self.requests)[: len(self.requests) - REQUEST_RETENTION]:
+                del self.requests[key]
+        oldest = next(iter(self.requests.values()))
+        if ts - oldest["ts"] > REQUEST_MAX_AGE_S:
+            for key in [k for k, v in self.requests.items() if ts - v["ts"] > REQUEST_MAX_AGE_S]:
+                del self.requests[key]
+
+    def domain_dict(self) -> dict[str, Any]:
+        """The resources alone: no audit log, no request cache, no indexes."""
+        return {key: getattr(self, key) for key in DOMAIN_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.domain_dict()
+        data.update(
+            requests=self.requests,
+            events=self.events,
+            event_seq=self.event_seq,
+            applied_index=self.applied_index,
+        )
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "State":
+        state = cls()
+        for key in DOMAIN_KEYS:
+            setattr(state, key, data.get(key, {}))
+        state.requests = data.get("requests", {})
+        state.events = data.get("events", [])
+        state.event_seq = data.get("event_seq", 0)
+        state.applied_index = data.get("applied_index", 0)
+        return state
+
+    def digest(self, domain_only: bool = False) -> str:
+        """A hash of the state that is equal on replicas that applied the same commands."""
+        data = self.domain_dict() if domain_only else self.to_dict()
+        return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,1 @@
+"""Per-node actuators behind contracts (compute, storage, export, network): later issues."""

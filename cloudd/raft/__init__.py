@@ -1,0 +1,1 @@
+"""Embedded Raft (pysyncobj): one replicated ``apply(command)``, persistence, membership."""

@@ -1,0 +1,117 @@
+"""Proposing commands from asyncio code and waiting for the local replica.
+
+A proposal whose fate is unknown (leader changed, timed out) is retried with the SAME
+request id until ``deadline``: the state's request cache makes the retry return the first
+result if the earlier attempt did commit. pysyncobj calls our callback from its tick
+thread; ``call_soon_threadsafe`` hands the result to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any, Callable, Mapping
+
+from pysyncobj import FAIL_REASON
+
+from cloudd.commands import make_command
+from cloudd.errors import CloudError
+from cloudd.raft.node import ReplicatedState
+
+RETRYABLE = {
+    FAIL_REASON.MISSING_LEADER,
+    FAIL_REASON.NOT_LEADER,
+    FAIL_REASON.LEADER_CHANGED,
+    FAIL_REASON.DISCARDED,
+    FAIL_REASON.QUEUE_FULL,
+}
+
+
+def new_request_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class Proposer:
+    """Submits commands to Raft for one node. ``clock`` gives the command timestamps."""
+
+    def __init__(self, node: ReplicatedState, clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.clock = clock
+
+    async def _attempt(self, raw: bytes, timeout: float) -> tuple[dict[str, Any] | None, int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[dict[str, Any] | None, int]] = loop.create_future()
+
+        def deliver(result: dict[str, Any] | None, error: int) -> None:
+            if not future.done():
+                future.set_result((result, error))
+
+        def callback(result: dict[str, Any] | None, error: int) -> None:
+            loop.call_soon_threadsafe(deliver, result, error)
+
+        self.node.apply(raw, callback=callback)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return None, -1
+
+    async def submit(
+        self,
+        op: str,
+        args: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        actor: Mapping[str, Any] | None = None,
+        deadline_s: float = 8.0,
+        attempt_timeout_s: float = 2.0,
+    ) -> dict[str, Any]:
+        """Commit one command; returns its outcome (``index`` plus ``result`` or ``error``).
+
+        Raises ``CloudError("unavailable")`` when no leader committed it before the
+        deadline: the outcome is then unknown, and a retry must reuse ``request_id``.
+        """
+        request_id = request_id or new_request_id()
+        raw = make_command(op, args, request_id, self.clock(), actor)
+        give_up = time.monotonic() + deadline_s
+        last_error = -1
+        while True:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            outcome, error = await self._attempt(raw, min(attempt_timeout_s, remaining))
+            if error == FAIL_REASON.SUCCESS and outcome is not None:
+                return outcome
+            last_error = error
+            if error not in RETRYABLE and error != -1:
+                break
+            await asyncio.sleep(min(0.1, max(0.0, give_up - time.monotonic())))
+        reason = {-1: "timed out"}.get(last_error, f"pysyncobj error {last_error}")
+        raise CloudError(
+            "unavailable",
+            f"the cluster did not commit the request ({reason}); it may still commit: retry with the same request id",
+            {"request_id": request_id},
+        )
+
+    async def submit_ok(self, op: str, args: dict[str, Any], **kwargs: Any) -> tuple[Any, int]:
+        """Like ``submit`` but raises the command's error; returns (result, index)."""
+        outcome = await self.submit(op, args, **kwargs)
+        if "error" in outcome:
+            raise CloudError.from_dict(outcome["error"])
+        return outcome["result"], outcome["index"]
+
+    async def wait_applied(self, index: int, timeout_s: float = 5.0) -> None:
+        """Wait until the local replica has applied ``index`` (read-your-writes)."""
+        if self.node.raftLastApplied >= index:
+            return
+        give_up = time.monotonic() + timeout_s
+        delay = 0.001
+        while self.node.raftLastApplied < index:
+            if time.monotonic() > give_up:
+                raise CloudError(
+                    "timeout",
+                    f"this node has not yet applied index {index} (at {self.node.raftLastApplied})",
+                    {"applied": self.node.raftLastApplied},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)

@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the fix for pysyncobj's append_entries truncation."""
+
+
+class SafeAppendEntriesMixin:
+    pass

@@ -1,0 +1,44 @@
+"""Shared plumbing of the API handlers: auth, read-your-writes, committing commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from cloudd.errors import CloudError
+from cloudd.runtime import NodeRuntime
+from cloudd.web.auth import LoginLimiter, Principal, authenticate
+from cloudd.web.http import min_index, request_id
+
+
+class Api:
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+        self.login_limiter = LoginLimiter()
+
+    async def principal(self, request: Request) -> Principal:
+        return await authenticate(request, self.runtime)
+
+    async def fresh(self, request: Request) -> None:
+        """Wait for ``min_index`` (query or header) before reading the local replica."""
+        index = min_index(request)
+        if index is not None:
+            await self.runtime.proposer.wait_applied(index)
+
+    async def commit(self, request: Request, principal: Principal | None, op: str, args: dict[str, Any]) -> tuple[Any, int]:
+        """Propose a command on behalf of the caller; raise its error; return (result, index)."""
+        actor = principal.actor(request) if principal else ({"addr": request.client.host} if request.client else {})
+        return await self.runtime.proposer.submit_ok(op, args, request_id=request_id(request), actor=actor)
+
+
+def page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+    """``limit``/``offset`` pagination of an already filtered list."""
+    try:
+        limit = int(request.query_params.get("limit", "100"))
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        raise CloudError("invalid", "limit and offset must be integers") from None
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise CloudError("invalid", "limit must be 1..1000 and offset >= 0")
+    return {"items": items[offset : offset + limit], "total": len(items), "limit": limit, "offset": offset}

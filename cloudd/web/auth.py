@@ -1,0 +1,120 @@
+"""Who is calling: a user (bearer token or session cookie) or a cluster node (signature).
+
+Every endpoint but ``/healthz``, login and the token-proven join needs a principal.
+Token checks read the local replica: a hash lookup, no Raft round trip.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from cloudd.errors import CloudError
+from cloudd.runtime import NodeRuntime
+from cloudd.security import parse_token, sha256_hex, verify_node_request
+
+TOKEN_PREFIX = "cdt"
+SESSION_COOKIE = "cloudd_session"
+NODE_HEADER = "X-Cloudd-Node"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "user" or "node"
+    name: str
+    role: str  # "admin", "user" or "node"
+    token_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in ("admin", "node")
+
+    def actor(self, request: Request) -> dict[str, str]:
+        actor = {self.kind: self.name}
+        if request.client is not None:
+            actor["addr"] = request.client.host
+        return actor
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise CloudError("unauthenticated", "use 'Authorization: Bearer <token>'")
+        return value.strip()
+    return request.cookies.get(SESSION_COOKIE)
+
+
+def user_from_token(runtime: NodeRuntime, text: str, now: float) -> Principal | None:
+    parts = parse_token(text, TOKEN_PREFIX)
+    if parts is None:
+        return None
+    with runtime.raft.lock:
+        token = runtime.raft.state.tokens.get(parts.token_id)
+        if token is None:
+            return None
+        if not hmac.compare_digest(token["secret_sha256"], sha256_hex(parts.secret)):
+            return None
+        if token["expires_at"] is not None and token["expires_at"] <= now:
+            return None
+        user = runtime.raft.state.users.get(token["user"])
+        if user is None or user.get("disabled"):
+            return None
+        return Principal("user", user["name"], user["role"], parts.token_id)
+
+
+async def authenticate(request: Request, runtime: NodeRuntime) -> Principal:
+    signature = request.headers.get(NODE_HEADER)
+    if signature is not None:
+        body = await request.body()
+        node = verify_node_request(runtime.secret, signature, request.method, request.url.path, body)
+        if node is None:
+            raise CloudError("unauthenticated", "invalid or stale node signature")
+        return Principal("node", node, "node")
+    token = _bearer(request)
+    if not token:
+        raise CloudError("unauthenticated", "authentication required: log in or send a bearer token")
+    principal = user_from_token(runtime, token, time.time())
+    if principal is None:
+        raise CloudError("unauthenticated", "the token is invalid, expired or revoked")
+    return principal
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise CloudError("forbidden", "this needs the admin role")
+
+
+class LoginLimiter:
+    """Failed logins per user and per address in a sliding window (local to this node)."""
+
+    def __init__(self, max_failures: int = 10, window_s: float = 300.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        times = self.failures.setdefault(key, deque())
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def check(self, keys: list[str], now: float) -> None:
+        for key in keys:
+            if len(self._recent(key, now)) >= self.max_failures:
+                raise CloudError("rate_limited", "too many failed logins; try again later")
+
+    def fail(self, keys: list[str], now: float) -> None:
+        if len(self.failures) > 100_000:
+            self.failures.clear()
+        for key in keys:
+            self._recent(key, now).append(now)
+
+    def succeed(self, keys: list[str]) -> None:
+        for key in keys:
+            self.failures.pop(key, None)

@@ -1,0 +1,200 @@
+"""/api/v1/auth, /api/v1/users, /api/v1/tokens, /api/v1/events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cloudd.commands.common import USER_NAME
+from cloudd.commands.users import USER_ROLES
+from cloudd.errors import CloudError
+from cloudd.security import hash_password, new_token, sha256_hex, verify_password
+from cloudd.validate import Field
+from cloudd.web.api import Api, page
+from cloudd.web.auth import SESSION_COOKIE, TOKEN_PREFIX, Principal, require_admin
+from cloudd.web.http import guarded, json_response, read_json
+
+PASSWORD = Field("str", max_len=1024, check=lambda v: None if len(v) >= 8 else "must be at least 8 characters")
+SESSION_TTL_S = 12 * 3600.0
+MAX_TOKEN_TTL_S = 10 * 365 * 86400.0
+# a hash to verify against when the user does not exist, so timing tells nothing
+_DUMMY_HASH = hash_password("cloudd-dummy-password")
+
+
+def user_view(user: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in user.items() if k != "password_hash"}
+
+
+def token_view(token: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in token.items() if k != "secret_sha256"}
+
+
+async def issue_token(api: Api, request: Request, principal: Principal | None, user: str, name: str, kind: str, ttl: float | None) -> tuple[dict[str, Any], int]:
+    token = new_token(TOKEN_PREFIX)
+    expires_at = None if ttl is None else time.time() + ttl
+    args = {
+        "token_id": token.token_id,
+        "user": user,
+        "secret_sha256": sha256_hex(token.secret),
+        "name": name,
+        "expires_at": expires_at,
+        "kind": kind,
+    }
+    actor_principal = principal or Principal("user", user, "user")
+    result, index = await api.commit(request, actor_principal, "token.create", args)
+    return {"token": str(token), "token_id": token.token_id, "user": user, "expires_at": expires_at, "name": name}, index
+
+
+def routes(api: Api) -> list[Route]:
+    runtime = api.runtime
+
+    @guarded
+    async def login(request: Request) -> Response:
+        body = await read_json(request, {"username": Field("str", max_len=64), "password": Field("str", max_len=1024)})
+        now = time.time()
+        addr = request.client.host if request.client else "?"
+        keys = [f"user:{body['username']}", f"addr:{addr}"]
+        api.login_limiter.check(keys, now)
+        with runtime.raft.lock:
+            user = runtime.raft.state.users.get(body["username"])
+            encoded = user["password_hash"] if user and not user.get("disabled") else _DUMMY_HASH
+        valid = await asyncio.to_thread(verify_password, body["password"], encoded)
+        if not valid or user is None or user.get("disabled"):
+            api.login_limiter.fail(keys, now)
+            raise CloudError("unauthenticated", "wrong username or password")
+        api.login_limiter.succeed(keys)
+        data, index = await issue_token(api, request, None, user["name"], "login", "session", SESSION_TTL_S)
+        data["role"] = user["role"]
+        response = json_response(data, index=index)
+        response.set_cookie(SESSION_COOKIE, data["token"], max_age=int(SESSION_TTL_S), httponly=True, samesite="strict")
+        return response
+
+    @guarded
+    async def logout(request: Request) -> Response:
+        principal = await api.principal(request)
+        if principal.token_id is None:
+            raise CloudError("invalid", "only a token can log out")
+        _, index = await api.commit(request, principal, "token.revoke", {"token_id": principal.token_id})
+        response = json_response({"logged_out": True}, index=index)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    @guarded
+    async def whoami(request: Request) -> Response:
+        principal = await api.principal(request)
+        return json_response({"kind": principal.kind, "name": principal.name, "role": principal.role})
+
+    @guarded
+    async def users_list(request: Request) -> Response:
+        require_admin(await api.principal(request))
+        await api.fresh(request)
+        with runtime.raft.lock:
+            items = [user_view(u) for u in runtime.raft.state.users.values()]
+        items.sort(key=lambda u: u["name"])
+        return json_response(page(items, request))
+
+    @guarded
+    async def users_create(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        body = await read_json(request, {"name": USER_NAME, "role": Field("str", choices=USER_ROLES, required=False), "password": PASSWORD})
+        password_hash = await asyncio.to_thread(hash_password, body["password"])
+        args = {"name": body["name"], "role": body.get("role", "user"), "password_hash": password_hash}
+        result, index = await api.commit(request, principal, "user.create", args)
+        return json_response(result, status=201, index=index)
+
+    @guarded
+    async def users_show(request: Request) -> Response:
+        principal = await api.principal(request)
+        name = request.path_params["name"]
+        if not principal.is_admin and principal.name != name:
+            raise CloudError("not_found", f"user {name} not found")
+        await api.fresh(request)
+        with runtime.raft.lock:
+            user = runtime.raft.state.users.get(name)
+            view = None if user is None else user_view(user)
+        if view is None:
+            raise CloudError("not_found", f"user {name} not found")
+        return json_response(view)
+
+    @guarded
+    async def users_delete(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        result, index = await api.commit(request, principal, "user.delete", {"name": request.path_params["name"]})
+        return json_response(result, index=index)
+
+    @guarded
+    async def users_password(request: Request) -> Response:
+        principal = await api.principal(request)
+        name = request.path_params["name"]
+        if not principal.is_admin and principal.name != name:
+            raise CloudError("not_found", f"user {name} not found")
+        body = await read_json(request, {"password": PASSWORD})
+        password_hash = await asyncio.to_thread(hash_password, body["password"])
+        result, index = await api.commit(request, principal, "user.password_set", {"name": name, "password_hash": password_hash})
+        return json_response(result, index=index)
+
+    @guarded
+    async def tokens_list(request: Request) -> Response:
+        principal = await api.principal(request)
+        await api.fresh(request)
+        everyone = principal.is_admin and request.query_params.get("all") == "true"
+        with runtime.raft.lock:
+            items = [token_view(t) for t in runtime.raft.state.tokens.values() if everyone or t["user"] == principal.name]
+        items.sort(key=lambda t: (t["user"], t["created_at"]))
+        return json_response(page(items, request))
+
+    @guarded
+    async def tokens_create(request: Request) -> Response:
+        principal = await api.principal(request)
+        if principal.kind != "user":
+            raise CloudError("forbidden", "only users hold API tokens")
+        body = await read_json(
+            request,
+            {"name": Field("str", max_len=64), "ttl_seconds": Field("num", min=60, max=MAX_TOKEN_TTL_S, required=False)},
+        )
+        data, index = await issue_token(api, request, principal, principal.name, body["name"], "api", body.get("ttl_seconds"))
+        return json_response(data, status=201, index=index)
+
+    @guarded
+    async def tokens_revoke(request: Request) -> Response:
+        principal = await api.principal(request)
+        args: dict[str, Any] = {"token_id": request.path_params["token_id"]}
+        if not principal.is_admin:
+            args["user"] = principal.name
+        result, index = await api.commit(request, principal, "token.revoke", args)
+        return json_response(result, index=index)
+
+    @guarded
+    async def events_list(request: Request) -> Response:
+        principal = await api.principal(request)
+        await api.fresh(request)
+        op = request.query_params.get("op")
+        with runtime.raft.lock:
+            events = [
+                e
+                for e in reversed(runtime.raft.state.events)
+                if (principal.is_admin or e["actor"].get("user") == principal.name) and (op is None or e["op"] == op)
+            ]
+        return json_response(page(events, request))
+
+    return [
+        Route("/api/v1/auth/login", login, methods=["POST"]),
+        Route("/api/v1/auth/logout", logout, methods=["POST"]),
+        Route("/api/v1/auth/whoami", whoami, methods=["GET"]),
+        Route("/api/v1/users", users_list, methods=["GET"]),
+        Route("/api/v1/users", users_create, methods=["POST"]),
+        Route("/api/v1/users/{name}", users_show, methods=["GET"]),
+        Route("/api/v1/users/{name}", users_delete, methods=["DELETE"]),
+        Route("/api/v1/users/{name}/password", users_password, methods=["POST"]),
+        Route("/api/v1/tokens", tokens_list, methods=["GET"]),
+        Route("/api/v1/tokens", tokens_create, methods=["POST"]),
+        Route("/api/v1/tokens/{token_id}", tokens_revoke, methods=["DELETE"]),
+        Route("/api/v1/events", events_list, methods=["GET"]),
+    ]
