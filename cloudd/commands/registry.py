@@ -119,7 +119,16 @@ def _decode(raw: bytes | str) -> dict[str, Any]:
 
 def apply_command(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
     """Apply one serialized command at log ``index``. Never raises."""
+    outcome = _apply(state, raw, index)
     state.applied_index = index
+    try:
+        state.chain(index, raw, orjson.dumps(outcome))
+    except Exception:  # an unserializable outcome is a handler bug; keep the log moving
+        log.exception("could not hash the outcome of index %d", index)
+    return outcome
+
+
+def _apply(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
     try:
         cmd = _decode(raw)
     except CloudError as exc:

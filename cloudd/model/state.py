@@ -35,6 +35,7 @@ class State:
         self.events: list[dict[str, Any]] = []
         self.event_seq = 0
         self.applied_index = 0
+        self.applied_chain = ""
 
     @property
     def initialized(self) -> bool:
@@ -58,6 +59,15 @@ class State:
             for key in [k for k, v in self.requests.items() if ts - v["ts"] > REQUEST_MAX_AGE_S]:
                 del self.requests[key]
 
+    def chain(self, index: int, raw: bytes | str, outcome: bytes) -> None:
+        """Fold one applied entry into a hash chain: equal chains, equal histories."""
+        data = raw.encode() if isinstance(raw, str) else raw
+        h = hashlib.sha256(self.applied_chain.encode())
+        h.update(index.to_bytes(8, "big"))
+        h.update(hashlib.sha256(data).digest())
+        h.update(hashlib.sha256(outcome).digest())
+        self.applied_chain = h.hexdigest()
+
     def domain_dict(self) -> dict[str, Any]:
         """The resources alone: no audit log, no request cache, no indexes."""
         return {key: getattr(self, key) for key in DOMAIN_KEYS}
@@ -69,6 +79,7 @@ class State:
             events=self.events,
             event_seq=self.event_seq,
             applied_index=self.applied_index,
+            applied_chain=self.applied_chain,
         )
         return data
 
@@ -81,6 +92,7 @@ class State:
         state.events = data.get("events", [])
         state.event_seq = data.get("event_seq", 0)
         state.applied_index = data.get("applied_index", 0)
+        state.applied_chain = data.get("applied_chain", "")
         return state
 
     def digest(self, domain_only: bool = False) -> str:

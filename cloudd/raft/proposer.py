@@ -25,6 +25,19 @@ RETRYABLE = {
     FAIL_REASON.LEADER_CHANGED,
     FAIL_REASON.DISCARDED,
     FAIL_REASON.QUEUE_FULL,
+    FAIL_REASON.UNKNOWN_OUTCOME,
+}
+
+
+FAIL_NAMES = {
+    -1: "timed out",
+    FAIL_REASON.QUEUE_FULL: "the command queue is full",
+    FAIL_REASON.MISSING_LEADER: "no leader",
+    FAIL_REASON.DISCARDED: "discarded by a new leader",
+    FAIL_REASON.NOT_LEADER: "asked a node that no longer leads",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed",
+    FAIL_REASON.REQUEST_DENIED: "refused by the leader",
+    FAIL_REASON.UNKNOWN_OUTCOME: "outcome unknown",
 }
 
 
@@ -86,7 +99,7 @@ class Proposer:
             if error not in RETRYABLE and error != -1:
                 break
             await asyncio.sleep(min(0.1, max(0.0, give_up - time.monotonic())))
-        reason = {-1: "timed out"}.get(last_error, f"pysyncobj error {last_error}")
+        reason = FAIL_NAMES.get(last_error, f"pysyncobj error {last_error}")
         raise CloudError(
             "unavailable",
             f"the cluster did not commit the request ({reason}); it may still commit: retry with the same request id",

@@ -164,8 +164,23 @@ def routes(api: Api) -> list[Route]:
         result, index = await api.commit(request, principal, "node.remove", {"name": name})
         return json_response(result, index=index)
 
+    @guarded
+    async def cluster_digest(request: Request) -> Response:
+        """This replica's applied index, history hash chain and state hash, read together."""
+        require_admin(await api.principal(request))
+        await api.fresh(request)
+        with raft.lock:
+            data = {
+                "node": runtime.config.name,
+                "applied_index": raft.state.applied_index,
+                "chain": raft.state.applied_chain,
+                "digest": raft.state.digest(),
+            }
+        return json_response(data)
+
     return [
         Route("/api/v1/cluster", cluster_status, methods=["GET"]),
+        Route("/api/v1/cluster/digest", cluster_digest, methods=["GET"]),
         Route("/api/v1/cluster/join-tokens", join_token_create, methods=["POST"]),
         Route("/api/v1/cluster/join", join, methods=["POST"]),
         Route("/api/v1/cluster/nodes/{name}", node_remove, methods=["DELETE"]),

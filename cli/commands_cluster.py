@@ -1,0 +1,106 @@
+"""cloudctl cluster … and cloudctl node …"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.output import emit
+
+NODE_COLUMNS = ["name", "status", "membership", "leader", "roles", "api_addr", "maintenance", "last_heartbeat"]
+MEMBER_COLUMNS = ["name", "membership", "status", "leader", "connected", "raft_addr", "api_addr"]
+
+
+def register(cli: click.Group) -> None:
+    from cli.cloudctl import Ctx, pass_ctx, run
+
+    @cli.group()
+    def cluster() -> None:
+        """The cluster: members, leader, Raft term and indexes, join tokens."""
+
+    @cluster.command("status")
+    @pass_ctx
+    def cluster_status(ctx: Ctx) -> None:
+        """Members, leader, term, commit index and quorum."""
+
+        def body() -> None:
+            data = ctx.client().request("GET", "/api/v1/cluster")
+            if ctx.output == "json":
+                emit(data, "json")
+                return
+            leader = data["leader"]["name"] if data["leader"] else "(none)"
+            emit(
+                {
+                    "cluster": f"{data['cluster'].get('name')} ({data['cluster'].get('id')})",
+                    "leader": leader,
+                    "term": data["term"],
+                    "commit_index": data["commit_index"],
+                    "has_quorum": data["has_quorum"],
+                    "answered_by": data["this_node"],
+                },
+                "table",
+            )
+            click.echo()
+            emit(data["members"], "table", MEMBER_COLUMNS)
+
+        run(body)
+
+    @cluster.command("join-token")
+    @click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the token stays valid.")
+    @pass_ctx
+    def cluster_join_token(ctx: Ctx, ttl: int) -> None:
+        """Create a one-time token for 'cloudd join' on a new node."""
+
+        def body() -> None:
+            data = ctx.client().request("POST", "/api/v1/cluster/join-tokens", {"ttl_seconds": ttl})
+            emit(data if ctx.output == "json" else {"token": data["token"], "expires_at": data["expires_at"]}, ctx.output)
+
+        run(body)
+
+    @cli.group()
+    def node() -> None:
+        """Nodes: list, show, maintenance, remove."""
+
+    @node.command("list")
+    @click.option("--status", type=click.Choice(["up", "suspect", "down", "maintenance"]))
+    @click.option("--role", type=click.Choice(["hypervisor", "storage"]))
+    @pass_ctx
+    def node_list(ctx: Ctx, status: str | None, role: str | None) -> None:
+        """List the nodes with their status (derived by the leader from lease age)."""
+
+        def body() -> None:
+            params: dict[str, Any] = {"limit": 1000}
+            if status:
+                params["status"] = status
+            if role:
+                params["role"] = role
+            data = ctx.client().request("GET", "/api/v1/nodes", params=params)
+            emit(data["items"], ctx.output, NODE_COLUMNS)
+
+        run(body)
+
+    @node.command("show")
+    @click.argument("name")
+    @pass_ctx
+    def node_show(ctx: Ctx, name: str) -> None:
+        """Everything known about one node."""
+        run(lambda: emit(ctx.client().request("GET", f"/api/v1/nodes/{name}"), ctx.output))
+
+    @node.command("maintenance")
+    @click.argument("name")
+    @click.option("--on/--off", "enabled", required=True, help="Enter or leave maintenance.")
+    @pass_ctx
+    def node_maintenance(ctx: Ctx, name: str, enabled: bool) -> None:
+        """Put a node into maintenance (--on) or take it out (--off)."""
+        run(lambda: emit(ctx.client().request("POST", f"/api/v1/nodes/{name}/maintenance", {"enabled": enabled}), ctx.output))
+
+    @node.command("remove")
+    @click.argument("name")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @pass_ctx
+    def node_remove(ctx: Ctx, name: str, yes: bool) -> None:
+        """Remove a node (e.g. a dead one) from the cluster; leadership moves first if needed."""
+        if not yes:
+            click.confirm(f"remove node {name} from the cluster?", abort=True)
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/cluster/nodes/{name}"), ctx.output))

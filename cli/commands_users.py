@@ -1,0 +1,70 @@
+"""cloudctl user … and cloudctl token …"""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import emit
+
+USER_COLUMNS = ["name", "role", "created_at", "disabled"]
+TOKEN_COLUMNS = ["id", "user", "name", "kind", "created_at", "expires_at"]
+
+
+def register(cli: click.Group) -> None:
+    from cli.cloudctl import Ctx, pass_ctx, run
+
+    @cli.group()
+    def user() -> None:
+        """Users (admin only, except for your own password)."""
+
+    @user.command("list")
+    @pass_ctx
+    def user_list(ctx: Ctx) -> None:
+        """List users."""
+        run(lambda: emit(ctx.client().request("GET", "/api/v1/users", params={"limit": 1000})["items"], ctx.output, USER_COLUMNS))
+
+    @user.command("create")
+    @click.argument("name")
+    @click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+    @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, envvar="CLOUDCTL_NEW_PASSWORD")
+    @pass_ctx
+    def user_create(ctx: Ctx, name: str, role: str, password: str) -> None:
+        """Create a user."""
+        run(lambda: emit(ctx.client().request("POST", "/api/v1/users", {"name": name, "role": role, "password": password}), ctx.output))
+
+    @user.command("delete")
+    @click.argument("name")
+    @pass_ctx
+    def user_delete(ctx: Ctx, name: str) -> None:
+        """Delete a user and revoke their tokens."""
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/users/{name}"), ctx.output))
+
+    @cli.group()
+    def token() -> None:
+        """Your API tokens."""
+
+    @token.command("list")
+    @click.option("--all", "everyone", is_flag=True, help="Every user's tokens (admin).")
+    @pass_ctx
+    def token_list(ctx: Ctx, everyone: bool) -> None:
+        """List tokens."""
+        params = {"limit": 1000, "all": "true" if everyone else "false"}
+        run(lambda: emit(ctx.client().request("GET", "/api/v1/tokens", params=params)["items"], ctx.output, TOKEN_COLUMNS))
+
+    @token.command("create")
+    @click.argument("name")
+    @click.option("--ttl", type=int, default=None, help="Seconds until it expires (default: never).")
+    @pass_ctx
+    def token_create(ctx: Ctx, name: str, ttl: int | None) -> None:
+        """Create an API token (printed once)."""
+        body: dict[str, object] = {"name": name}
+        if ttl is not None:
+            body["ttl_seconds"] = ttl
+        run(lambda: emit(ctx.client().request("POST", "/api/v1/tokens", body), ctx.output))
+
+    @token.command("revoke")
+    @click.argument("token_id")
+    @pass_ctx
+    def token_revoke(ctx: Ctx, token_id: str) -> None:
+        """Revoke a token by id."""
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/tokens/{token_id}"), ctx.output))

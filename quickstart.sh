@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Bring up a working 3-node cloudd cluster on this machine (loopback addresses) and
+# print where to log in. Idempotent: running it again restarts stopped nodes only.
+#   ./quickstart.sh          install, start, print the login
+#   ./quickstart.sh stop     stop the local nodes
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+RUN=$ROOT/run
+NODES=3
+api_addr() { echo "127.0.0.1:$((8400 + $1))"; }
+raft_addr() { echo "127.0.0.1:$((8500 + $1))"; }
+
+running() {  # node dir -> 0 when its daemon runs
+  local pid
+  pid=$(cat "$1/cloudd.pid" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null
+}
+
+if [ "${1:-}" = stop ]; then
+  for i in $(seq 1 $NODES); do
+    d=$RUN/node$i
+    if running "$d"; then kill "$(cat "$d/cloudd.pid")" && echo "stopped node$i"; fi
+  done
+  exit 0
+fi
+
+bash scripts/install.sh
+CLOUDD=$ROOT/.venv/bin/cloudd
+CLOUDCTL=$ROOT/.venv/bin/cloudctl
+mkdir -p "$RUN"
+
+start() {  # i
+  local d=$RUN/node$1
+  if ! running "$d"; then
+    setsid "$CLOUDD" serve --data-dir "$d" >>"$RUN/node$1.log" 2>&1 < /dev/null &
+  fi
+}
+
+wait_healthy() {  # i
+  for _ in $(seq 1 100); do
+    if "$ROOT/.venv/bin/python" - "$(api_addr "$1")" <<'PY' 2>/dev/null; then return 0; fi
+import sys, httpx
+sys.exit(0 if httpx.get(f"http://{sys.argv[1]}/healthz", timeout=1).status_code == 200 else 1)
+PY
+    sleep 0.2
+  done
+  echo "node$1 did not become healthy; see $RUN/node$1.log" >&2
+  return 1
+}
+
+if [ ! -f "$RUN/node1/node.json" ]; then
+  "$CLOUDD" init --data-dir "$RUN/node1" --name node1 --api-addr "$(api_addr 1)" --raft-addr "$(raft_addr 1)" \
+    --cluster-name quickstart --password-file "$RUN/admin-password" > "$RUN/init.txt"
+fi
+# restart every node that exists first: a lone restarted node has no quorum
+for i in $(seq 1 $NODES); do
+  if [ -f "$RUN/node$i/node.json" ]; then start "$i"; fi
+done
+wait_healthy 1
+for i in $(seq 2 $NODES); do
+  if [ ! -f "$RUN/node$i/node.json" ]; then
+    token=$("$CLOUDD" token --data-dir "$RUN/node1")
+    "$CLOUDD" join "$(api_addr 1)" --token "$token" --data-dir "$RUN/node$i" --name "node$i" \
+      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" > /dev/null
+    start "$i"
+  fi
+done
+for i in $(seq 1 $NODES); do wait_healthy "$i"; done
+
+password=$(cat "$RUN/admin-password")
+endpoints=()
+for i in $(seq 1 $NODES); do endpoints+=(--endpoint "http://$(api_addr "$i")"); done
+CLOUDCTL_PASSWORD=$password "$CLOUDCTL" "${endpoints[@]}" login --username admin > /dev/null
+"$CLOUDCTL" cluster status
+
+cat <<TXT
+
+cloudd is running: $NODES nodes on this machine.
+  API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
+  Log in as:       admin / $password   (also in $RUN/admin-password)
+  CLI:             $CLOUDCTL node list     (already logged in)
+  Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
+TXT

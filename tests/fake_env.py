@@ -1,0 +1,32 @@
+"""A deterministic Env: virtual clock, leadership by flag, commands applied in-process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.factories import Replica, command
+
+
+class FakeEnv:
+    def __init__(self, replica: Replica, node_name: str = "n1") -> None:
+        self.replica = replica
+        self.node_name = node_name
+        self.clock = 0.0
+        self.leader = True
+        self.proposed: list[tuple[str, dict[str, Any]]] = []
+
+    def monotonic(self) -> float:
+        return self.clock
+
+    def wall(self) -> float:
+        return 1_000_000.0 + self.clock
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+    def state(self):  # type: ignore[no-untyped-def]
+        return self.replica.state
+
+    async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.proposed.append((op, args))
+        return self.replica.apply(command(op, args, ts=self.wall(), actor={"node": self.node_name}))
