@@ -23,7 +23,9 @@ def test_the_private_names_we_rely_on_exist() -> None:
     import pysyncobj.syncobj as so
 
     assert so._RAFT_STATE.LEADER is not None
-    source = open(so.__file__).read()
+    from pathlib import Path
+
+    source = Path(so.__file__).read_text()
     for name in ("__raftLog", "__raftCurrentTerm", "__raftState", "__raftNextIndex", "truncating already-applied"):
         assert name in source
 
