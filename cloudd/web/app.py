@@ -22,9 +22,10 @@ def create_app(runtime: NodeRuntime) -> Starlette:
 
     async def healthz(request: Request) -> Response:
         status = runtime.raft.raft_status()
-        healthy = status["has_quorum"] or status["role"] == "replica"
+        caught_up = runtime.raft.isReady()
+        healthy = caught_up and (status["has_quorum"] or status["role"] == "replica")
         return json_response(
-            {"status": "ok" if healthy else "degraded", "node": runtime.config.name, "role": status["role"]},
+            {"status": "ok" if healthy else "degraded", "node": runtime.config.name, "role": status["role"], "caught_up": caught_up},
             status=200 if healthy else 503,
         )
 

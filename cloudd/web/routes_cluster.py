@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -139,6 +140,15 @@ def routes(api: Api) -> list[Route]:
             reply = await client.request(request.method, f"http://{leader['api_addr']}{path}", headers={"X-Cloudd-Node": header})
         return Response(reply.content, status_code=reply.status_code, media_type="application/json")
 
+    async def wait_for_other_leader(timeout_s: float = 10.0) -> dict[str, Any]:
+        give_up = time.monotonic() + timeout_s
+        while time.monotonic() < give_up:
+            leader = runtime.leader()
+            if leader is not None and leader["name"] != runtime.config.name:
+                return leader
+            await asyncio.sleep(0.05)
+        raise CloudError("unavailable", "no other node took over the leadership in time")
+
     @guarded
     async def node_remove(request: Request) -> Response:
         """Remove a node from the cluster: its Raft membership first, then its record."""
@@ -153,13 +163,17 @@ def routes(api: Api) -> list[Route]:
         if node["membership"] == "voter":
             if len(raft.voter_addrs()) <= 1:
                 raise CloudError("conflict", "cannot remove the last voting node")
-            if node["raft_addr"] == raft.leader_addr:
-                if not raft.is_leader:
-                    leader = runtime.leader()
-                    if leader is None:
-                        raise CloudError("unavailable", "no leader to hand over from")
-                    return await forward_to_leader(request, leader)
-                await step_down(raft)
+            # A node never changes its own membership: it would not see the change commit.
+            if node["raft_addr"] == runtime.config.raft_addr:
+                if raft.is_leader:
+                    await step_down(raft)
+                leader = await wait_for_other_leader()
+                return await forward_to_leader(request, leader)
+            if node["raft_addr"] == raft.leader_addr and not raft.is_leader:
+                leader = runtime.leader()
+                if leader is None:
+                    raise CloudError("unavailable", "no leader to hand over from")
+                return await forward_to_leader(request, leader)
             await remove_voter(raft, node["raft_addr"])
         result, index = await api.commit(request, principal, "node.remove", {"name": name})
         return json_response(result, index=index)
