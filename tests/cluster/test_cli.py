@@ -1,0 +1,103 @@
+"""cloudctl through click's runner against a real cluster, errors included."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.cloudctl import cli
+from tests.cluster.harness import LocalCluster, free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture
+def ctl(shared_cluster: LocalCluster, tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = tmp_path / "cloudctl.json"
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(cli, ["--config", str(config), *args], input=input, catch_exceptions=False)
+
+    run.config = config  # type: ignore[attr-defined]
+    return run
+
+
+def login(ctl, cluster: LocalCluster, *endpoints: str) -> None:  # type: ignore[no-untyped-def]
+    args = []
+    for e in endpoints or (cluster.nodes["node1"].url,):
+        args += ["--endpoint", e]
+    result = ctl(*args, "login", "--username", "admin", "--password", cluster.password)
+    assert result.exit_code == 0, result.output
+
+
+def test_login_stores_a_private_token_and_learns_every_endpoint(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    login(ctl, shared_cluster)
+    path: Path = ctl.config
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    data = json.loads(path.read_text())
+    assert data["token"].startswith("cdt.")
+    assert {shared_cluster.nodes[n].url for n in ("node1", "node2", "node3")} <= set(data["endpoints"])
+
+
+def test_cluster_status_and_node_list(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    login(ctl, shared_cluster)
+    result = ctl("cluster", "status")
+    assert result.exit_code == 0, result.output
+    assert "leader" in result.output and "node1" in result.output and "node3" in result.output
+    result = ctl("-o", "json", "node", "list")
+    nodes = json.loads(result.output)
+    assert sorted(n["name"] for n in nodes) == ["node1", "node2", "node3"]
+    assert all(n["inventory"]["cpus"] >= 1 for n in nodes)
+    result = ctl("node", "show", "node2")
+    assert result.exit_code == 0 and "api_addr" in result.output
+
+
+def test_errors_exit_non_zero_with_a_message(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    result = ctl("--endpoint", shared_cluster.nodes["node1"].url, "node", "list")
+    assert result.exit_code != 0 and "not logged in" in result.output
+    login(ctl, shared_cluster)
+    result = ctl("node", "show", "no-such-node")
+    assert result.exit_code == 1 and "node no-such-node not found (404)" in result.output
+    result = ctl("node", "maintenance", "no-such-node", "--on")
+    assert result.exit_code == 1 and "404" in result.output
+    result = ctl("--endpoint", "http://127.0.0.1:1", "cluster", "status")
+    assert result.exit_code == 2 and "no endpoint answered" in result.output
+    result = ctl("user", "create", "Bad Name", "--password", "pass-word-1")
+    assert result.exit_code == 1 and "invalid format" in result.output
+
+
+def test_a_dead_first_endpoint_falls_over_to_the_next(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    dead = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    login(ctl, shared_cluster, dead, shared_cluster.nodes["node2"].url)
+    result = ctl("--endpoint", dead, "--endpoint", shared_cluster.nodes["node3"].url, "-o", "json", "cluster", "status")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["this_node"] == "node3"
+
+
+def test_maintenance_users_and_tokens(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    login(ctl, shared_cluster)
+    assert ctl("node", "maintenance", "node3", "--on").exit_code == 0
+    shown = json.loads(ctl("-o", "json", "node", "show", "node3").output)
+    assert shown["maintenance"] is True
+    assert ctl("node", "maintenance", "node3", "--off").exit_code == 0
+    assert ctl("user", "create", "carol", "--password", "carol-pass-1").exit_code == 0
+    assert "carol" in ctl("user", "list").output
+    created = json.loads(ctl("-o", "json", "token", "create", "ci-bot", "--ttl", "600").output)
+    assert created["token"].startswith("cdt.")
+    assert created["token_id"] in ctl("token", "list").output
+    assert ctl("token", "revoke", created["token_id"]).exit_code == 0
+    assert created["token_id"] not in ctl("token", "list").output
+    assert ctl("user", "delete", "carol").exit_code == 0
+    result = ctl("cluster", "join-token", "--ttl", "120")
+    assert result.exit_code == 0 and "cdj." in result.output
+
+
+def test_help_has_examples() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0 and "Examples:" in result.output and "cloudctl cluster status" in result.output
