@@ -28,6 +28,14 @@ class Timings:
 
 
 @dataclass
+class RaftSettings:
+    """Overrides of cloudd.raft.tuning.RaftTuning (tests shrink compaction thresholds)."""
+
+    compaction_entries: int = 100_000
+    compaction_seconds: float = 3600.0
+
+
+@dataclass
 class NodeConfig:
     name: str
     cluster_id: str
@@ -38,6 +46,7 @@ class NodeConfig:
     api_peers: list[str] = field(default_factory=list)
     roles: list[str] = field(default_factory=lambda: ["hypervisor", "storage"])
     timings: Timings = field(default_factory=Timings)
+    raft: RaftSettings = field(default_factory=RaftSettings)
     data_dir: str = ""
 
     @property
@@ -67,7 +76,8 @@ class NodeConfig:
         except FileNotFoundError:
             raise SystemExit(f"{path} not found: run 'cloudd init' or 'cloudd join' first") from None
         timings = Timings(**data.pop("timings", {}))
-        return cls(**data, timings=timings, data_dir=str(Path(data_dir).resolve()))
+        raft = RaftSettings(**data.pop("raft", {}))
+        return cls(**data, timings=timings, raft=raft, data_dir=str(Path(data_dir).resolve()))
 
 
 def write_secret(data_dir: str | Path, secret: str) -> None:

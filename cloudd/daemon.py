@@ -16,6 +16,7 @@ from cloudd.agent import Agent
 from cloudd.config import NodeConfig, read_secret
 from cloudd.manager import Manager
 from cloudd.raft.node import ReplicatedState
+from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
 from cloudd.web.app import create_app
 
@@ -39,11 +40,13 @@ class GracefulServer(uvicorn.Server):
 
 def open_replica(config: NodeConfig, secret: str) -> ReplicatedState:
     return ReplicatedState(
+        node_name=config.name,
         self_addr=config.raft_addr if config.membership == "voter" else None,
         partners=config.peers,
         secret=secret,
         journal_file=config.journal_file,
         snapshot_file=config.snapshot_file,
+        tuning=RaftTuning(compaction_entries=config.raft.compaction_entries, compaction_seconds=config.raft.compaction_seconds),
     )
 
 

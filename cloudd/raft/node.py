@@ -16,7 +16,7 @@ from cloudd.commands import apply_command
 from cloudd.model.state import State
 from cloudd.raft import snapshot
 from cloudd.raft.safe_append import SafeAppendEntriesMixin
-from cloudd.raft.tuning import RaftTuning, make_conf
+from cloudd.raft.tuning import RaftTuning, make_conf, stagger_for
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class ReplicatedState(SafeAppendEntriesMixin, SyncObj):
     def __init__(
         self,
         *,
+        node_name: str,
         self_addr: str | None,
         partners: list[str],
         secret: str,
@@ -47,7 +48,7 @@ class ReplicatedState(SafeAppendEntriesMixin, SyncObj):
             snapshot_file=snapshot_file,
             serializer=self._write_snapshot,
             deserializer=self._read_snapshot,
-            voter=self_addr is not None,
+            stagger=stagger_for(node_name),
             tuning=tuning,
             on_state_changed=on_state_changed,
         )

@@ -16,15 +16,15 @@ WRITES = 4000
 IN_FLIGHT = 24
 
 
-async def storm(cluster: LocalCluster) -> int:
-    names = list(cluster.nodes)
+async def storm(cluster: LocalCluster, only: list[str] | None = None, writes: int = WRITES) -> int:
+    names = only or list(cluster.nodes)
     clients = [httpx.AsyncClient(base_url=cluster.nodes[n].url, headers={"Authorization": f"Bearer {cluster.token}"}, timeout=30) for n in names]
     counter = itertools.count()
     ok = 0
 
     async def worker(w: int) -> None:
         nonlocal ok
-        while (i := next(counter)) < WRITES:
+        while (i := next(counter)) < writes:
             client = clients[i % len(clients)]
             target = names[(i // 3) % len(names)]
             reply = await client.post(f"/api/v1/nodes/{target}/maintenance", json={"enabled": i % 2 == 0})
