@@ -15,6 +15,8 @@ from pysyncobj import SyncObj, replicated
 from cloudd.commands import apply_command
 from cloudd.model.state import State
 from cloudd.raft import snapshot
+from cloudd.raft.fast_election import FastElectionMixin
+from cloudd.raft.keepalive import LinkKeepalive
 from cloudd.raft.safe_append import SafeAppendEntriesMixin
 from cloudd.raft.tuning import RaftTuning, make_conf, stagger_for
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 ApplyHook = Callable[[int, dict[str, Any]], None]
 
 
-class ReplicatedState(SafeAppendEntriesMixin, SyncObj):
+class ReplicatedState(FastElectionMixin, SafeAppendEntriesMixin, SyncObj):
     """One node's replica of the cluster state."""
 
     def __init__(
@@ -53,6 +55,7 @@ class ReplicatedState(SafeAppendEntriesMixin, SyncObj):
             on_state_changed=on_state_changed,
         )
         super().__init__(self_addr, [p for p in partners if p != self_addr], conf)
+        self.addOnTickCallback(LinkKeepalive(self, period_s=tuning.connection_timeout / 4))
 
     @replicated
     def apply(self, command: bytes) -> dict[str, Any]:

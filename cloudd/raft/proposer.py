@@ -98,7 +98,7 @@ class Proposer:
             last_error = error
             if error not in RETRYABLE and error != -1:
                 break
-            await asyncio.sleep(min(0.1, max(0.0, give_up - time.monotonic())))
+            await asyncio.sleep(min(0.02, max(0.0, give_up - time.monotonic())))
         reason = FAIL_NAMES.get(last_error, f"pysyncobj error {last_error}")
         raise CloudError(
             "unavailable",

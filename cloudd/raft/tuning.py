@@ -34,7 +34,7 @@ class RaftTuning:
     raft_min_timeout: float = 0.25
     raft_max_timeout: float = 0.6
     connection_timeout: float = 0.6
-    connection_retry_time: float = 1.0
+    connection_retry_time: float = 0.3
     leader_fallback_timeout: float = 1.0
     compaction_entries: int = 100_000
     compaction_seconds: float = 3600.0

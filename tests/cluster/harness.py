@@ -217,5 +217,21 @@ class LocalCluster:
 
         return list(wait_for(same, timeout, interval=0.05, what="replicas at the same index"))
 
+    def wait_connected(self, names: list[str] | None = None, timeout: float = 20.0) -> None:
+        """Wait until every running voter has a Raft link to every other running voter."""
+        names = names or self.running()
+
+        def linked() -> bool:
+            for name in names:
+                raft = self.status(name)["raft"]
+                if raft["role"] == "replica":
+                    continue
+                others = {self.nodes[n].raft_addr for n in names if n != name and self.status(n)["raft"]["role"] != "replica"}
+                if not others <= set(raft["connected"]):
+                    return False
+            return True
+
+        wait_for(linked, timeout, what="all Raft links up")
+
     def remove_tree(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
