@@ -135,3 +135,23 @@ def test_join_with_a_bad_or_reused_token_is_refused(cluster: LocalCluster) -> No
     )
     assert out.returncode != 0 and "join refused (403)" in out.stderr
     assert "intruder" not in [m["name"] for m in cluster.status("node1")["members"]]
+
+
+def test_an_admin_removes_a_dead_node_and_it_cannot_come_back(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    dead = next(n for n in cluster.nodes if n != leader)
+    cluster.kill9(dead)
+    with cluster.api(leader) as client:
+        reply = client.delete(f"/api/v1/cluster/nodes/{dead}")
+    assert reply.status_code == 200, reply.text
+    rest = [n for n in cluster.nodes if n != dead]
+    assert len(cluster.status(rest[0])["raft"]["voters"]) == 2
+    # the removed node restarts with its old member list: it must not disturb the others
+    term = cluster.status(leader)["term"]
+    cluster.start(dead)
+    import time
+
+    time.sleep(4)
+    assert cluster.leader(rest) == leader
+    assert cluster.status(leader)["term"] == term
+    create_user(cluster, rest[0], "after-dead-removal")

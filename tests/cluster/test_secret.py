@@ -53,3 +53,13 @@ def test_garbage_on_the_raft_port_changes_nothing(cluster: LocalCluster) -> None
     assert all(cluster.nodes[n].proc.poll() is None for n in ("node1", "node2", "node3"))  # type: ignore[union-attr]
     with cluster.api(leader) as client:
         assert client.post("/api/v1/users", json={"name": "still-works", "password": "pass-word-1"}).status_code == 201
+
+
+def test_the_raft_port_listens_on_the_cluster_address_only(cluster: LocalCluster) -> None:
+    node = cluster.nodes["node2"]
+    host, port = node.raft_addr.rsplit(":", 1)
+    assert host != "127.0.0.1"
+    with socket.create_connection((host, int(port)), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
