@@ -77,6 +77,7 @@ CLOUDCTL_PASSWORD=$password "$CLOUDCTL" "${endpoints[@]}" login --username admin
 cat <<TXT
 
 cloudd is running: $NODES nodes on this machine.
+  Web UI:          http://$(api_addr 1)/   (any node: http://$(api_addr 2)/, http://$(api_addr 3)/)
   API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)

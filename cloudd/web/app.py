@@ -6,11 +6,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
-from cloudd.web import routes_cluster, routes_nodes, routes_users
+from cloudd.web import routes_cluster, routes_nodes, routes_users, ui
 from cloudd.web.api import Api
 from cloudd.web.http import error_response, json_response
 
@@ -34,10 +34,11 @@ def create_app(runtime: NodeRuntime) -> Starlette:
         code = HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
         return error_response(CloudError(code, str(exc.detail)))
 
-    routes = [Route("/healthz", healthz, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
     routes += routes_cluster.routes(api)
     routes += routes_nodes.routes(api)
     routes += routes_users.routes(api)
+    routes += ui.routes(api)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.api = api
     return app

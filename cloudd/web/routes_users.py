@@ -50,26 +50,38 @@ async def issue_token(api: Api, request: Request, principal: Principal | None, u
     return {"token": str(token), "token_id": token.token_id, "user": user, "expires_at": expires_at, "name": name}, index
 
 
+async def password_login_indexed(api: Api, request: Request, username: str, password: str) -> tuple[dict[str, Any], int]:
+    """Check a password (rate-limited per user and address) and issue a session token."""
+    runtime = api.runtime
+    now = time.time()
+    addr = request.client.host if request.client else "?"
+    keys = [f"user:{username}", f"addr:{addr}"]
+    api.login_limiter.check(keys, now)
+    with runtime.raft.lock:
+        user = runtime.raft.state.users.get(username)
+        user = None if user is None else dict(user)
+    encoded = user["password_hash"] if user and not user.get("disabled") else _DUMMY_HASH
+    valid = await asyncio.to_thread(verify_password, password, encoded)
+    if not valid or user is None or user.get("disabled"):
+        api.login_limiter.fail(keys, now)
+        raise CloudError("unauthenticated", "wrong username or password")
+    api.login_limiter.succeed(keys)
+    data, index = await issue_token(api, request, None, user["name"], "login", "session", SESSION_TTL_S)
+    data["role"] = user["role"]
+    return data, index
+
+
+async def password_login(api: Api, request: Request, username: str, password: str) -> dict[str, Any]:
+    return (await password_login_indexed(api, request, username, password))[0]
+
+
 def routes(api: Api) -> list[Route]:
     runtime = api.runtime
 
     @guarded
     async def login(request: Request) -> Response:
         body = await read_json(request, {"username": Field("str", max_len=64), "password": Field("str", max_len=1024)})
-        now = time.time()
-        addr = request.client.host if request.client else "?"
-        keys = [f"user:{body['username']}", f"addr:{addr}"]
-        api.login_limiter.check(keys, now)
-        with runtime.raft.lock:
-            user = runtime.raft.state.users.get(body["username"])
-            encoded = user["password_hash"] if user and not user.get("disabled") else _DUMMY_HASH
-        valid = await asyncio.to_thread(verify_password, body["password"], encoded)
-        if not valid or user is None or user.get("disabled"):
-            api.login_limiter.fail(keys, now)
-            raise CloudError("unauthenticated", "wrong username or password")
-        api.login_limiter.succeed(keys)
-        data, index = await issue_token(api, request, None, user["name"], "login", "session", SESSION_TTL_S)
-        data["role"] = user["role"]
+        data, index = await password_login_indexed(api, request, body["username"], body["password"])
         response = json_response(data, index=index)
         response.set_cookie(SESSION_COOKIE, data["token"], max_age=int(SESSION_TTL_S), httponly=True, samesite="strict")
         return response
