@@ -91,6 +91,14 @@ class ReplicatedState(FastElectionMixin, SafeAppendEntriesMixin, SyncObj):
         leader = self._getLeader()
         return None if leader is None else leader.id
 
+    def leader_reachable(self) -> bool:
+        """A leader is known and we hold a link to it (pysyncobj keeps a dead leader as
+        'the leader' while it cannot reach anyone to hold an election)."""
+        leader = self._getLeader()
+        if leader is None:
+            return False
+        return leader == self.selfNode or self.isNodeConnected(leader)
+
     @property
     def is_voter(self) -> bool:
         return self.selfNode is not None

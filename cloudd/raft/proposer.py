@@ -48,9 +48,10 @@ def new_request_id() -> str:
 class Proposer:
     """Submits commands to Raft for one node. ``clock`` gives the command timestamps."""
 
-    def __init__(self, node: ReplicatedState, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, node: ReplicatedState, clock: Callable[[], float] = time.time, no_leader_grace_s: float = 3.0) -> None:
         self.node = node
         self.clock = clock
+        self.no_leader_grace_s = no_leader_grace_s
 
     async def _attempt(self, raw: bytes, timeout: float) -> tuple[dict[str, Any] | None, int]:
         loop = asyncio.get_running_loop()
@@ -87,17 +88,28 @@ class Proposer:
         request_id = request_id or new_request_id()
         raw = make_command(op, args, request_id, self.clock(), actor)
         give_up = time.monotonic() + deadline_s
+        leaderless_since: float | None = None
         last_error = -1
         while True:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 break
-            outcome, error = await self._attempt(raw, min(attempt_timeout_s, remaining))
+            if self.node.leader_reachable():
+                outcome, error = await self._attempt(raw, min(attempt_timeout_s, remaining))
+            else:
+                outcome, error = None, FAIL_REASON.MISSING_LEADER
             if error == FAIL_REASON.SUCCESS and outcome is not None:
                 return outcome
             last_error = error
             if error not in RETRYABLE and error != -1:
                 break
+            if error == FAIL_REASON.MISSING_LEADER:
+                # an election takes well under a second; longer means no quorum: fail fast
+                leaderless_since = leaderless_since or time.monotonic()
+                if time.monotonic() - leaderless_since > self.no_leader_grace_s:
+                    break
+            else:
+                leaderless_since = None
             await asyncio.sleep(min(0.02, max(0.0, give_up - time.monotonic())))
         reason = FAIL_NAMES.get(last_error, f"pysyncobj error {last_error}")
         raise CloudError(

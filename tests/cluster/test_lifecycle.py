@@ -155,3 +155,28 @@ def test_an_admin_removes_a_dead_node_and_it_cannot_come_back(cluster: LocalClus
     assert cluster.leader(rest) == leader
     assert cluster.status(leader)["term"] == term
     create_user(cluster, rest[0], "after-dead-removal")
+
+
+def test_without_quorum_writes_fail_fast_with_503_and_reads_still_work(cluster: LocalCluster) -> None:
+    import time
+
+    leader = cluster.wait_leader()
+    lone = next(n for n in cluster.nodes if n != leader)
+    for name in cluster.nodes:
+        if name != lone:
+            cluster.kill9(name)
+    with cluster.api(lone) as client:
+        started = time.monotonic()
+        reply = client.post("/api/v1/users", json={"name": "nobody-commits", "password": "pass-word-1"}, headers={"X-Request-Id": "no-quorum-1"})
+        took = time.monotonic() - started
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"]["details"]["request_id"] == "no-quorum-1"
+        assert took < 6.0
+        assert client.get("/api/v1/nodes").status_code == 200  # local reads need no quorum
+    assert httpx_get_status(cluster, lone, "/healthz") == 503
+
+
+def httpx_get_status(cluster: LocalCluster, name: str, path: str) -> int:
+    import httpx
+
+    return httpx.get(cluster.nodes[name].url + path, timeout=10).status_code
