@@ -7,11 +7,14 @@ high-entropy strings, so a fast hash is enough; passwords get scrypt).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
 import time
 from dataclasses import dataclass
+
+from cryptography.fernet import Fernet
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # 16 MiB of memory per hash
 MAX_PASSWORD_BYTES = 1024
@@ -105,20 +108,15 @@ def join_proof(key_hex: str, payload: bytes) -> str:
     return hmac.new(bytes.fromhex(key_hex), payload, hashlib.sha256).hexdigest()
 
 
+def _join_fernet(key_hex: str) -> "Fernet":
+    key = base64.urlsafe_b64encode(hashlib.sha256(b"cloudd join seal" + bytes.fromhex(key_hex)).digest())
+    return Fernet(key)
+
+
 def seal_for_joiner(key_hex: str, plaintext: bytes) -> str:
     """Encrypt the cluster secret for a joining node with a key derived from its token."""
-    import base64
-
-    from cryptography.fernet import Fernet
-
-    fernet_key = base64.urlsafe_b64encode(hashlib.sha256(b"cloudd join seal" + bytes.fromhex(key_hex)).digest())
-    return Fernet(fernet_key).encrypt(plaintext).decode()
+    return _join_fernet(key_hex).encrypt(plaintext).decode()
 
 
 def open_for_joiner(key_hex: str, sealed: str) -> bytes:
-    import base64
-
-    from cryptography.fernet import Fernet
-
-    fernet_key = base64.urlsafe_b64encode(hashlib.sha256(b"cloudd join seal" + bytes.fromhex(key_hex)).digest())
-    return Fernet(fernet_key).decrypt(sealed.encode())
+    return _join_fernet(key_hex).decrypt(sealed.encode())

@@ -34,28 +34,28 @@ async def _call(start: Callable[[Callable[[object, int], None]], None], timeout:
         return -1
 
 
-async def add_voter(raft: ReplicatedState, addr: str, deadline_s: float = 15.0) -> None:
-    """Make ``addr`` a voter; returns once the change is committed (or already true)."""
+async def _change(raft: ReplicatedState, addr: str, member: bool, deadline_s: float) -> None:
+    """Add (member=True) or remove ``addr``; done once the voter set says so."""
+    verb = "add" if member else "remove"
     give_up = time.monotonic() + deadline_s
-    while addr not in raft.voter_addrs():
+    while (addr in raft.voter_addrs()) != member:
         if time.monotonic() > give_up:
-            raise CloudError("unavailable", f"could not add {addr} to the Raft voters in time")
-        error = await _call(lambda cb: raft.addNodeToCluster(addr, callback=cb), 3.0)
+            raise CloudError("unavailable", f"could not {verb} {addr} {'to' if member else 'from'} the Raft voters in time")
+        change = raft.addNodeToCluster if member else raft.removeNodeFromCluster
+        error = await _call(lambda cb: change(addr, callback=cb), 3.0)
         if error == FAIL_REASON.SUCCESS:
             break
         await asyncio.sleep(0.2)
+
+
+async def add_voter(raft: ReplicatedState, addr: str, deadline_s: float = 15.0) -> None:
+    """Make ``addr`` a voter; returns once the change is committed (or already true)."""
+    await _change(raft, addr, True, deadline_s)
 
 
 async def remove_voter(raft: ReplicatedState, addr: str, deadline_s: float = 15.0) -> None:
-    """Remove ``addr`` from the voters; the leader cannot remove itself (transfer first)."""
-    give_up = time.monotonic() + deadline_s
-    while addr in raft.voter_addrs():
-        if time.monotonic() > give_up:
-            raise CloudError("unavailable", f"could not remove {addr} from the Raft voters in time")
-        error = await _call(lambda cb: raft.removeNodeFromCluster(addr, callback=cb), 3.0)
-        if error == FAIL_REASON.SUCCESS:
-            break
-        await asyncio.sleep(0.2)
+    """Remove ``addr`` from the voters; never call it on the node ``addr`` itself."""
+    await _change(raft, addr, False, deadline_s)
 
 
 async def step_down(raft: ReplicatedState, deadline_s: float = 10.0) -> None:
