@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -68,7 +69,18 @@ def new_token(prefix: str) -> TokenParts:
     return TokenParts(prefix, secrets.token_hex(8), secrets.token_urlsafe(32))
 
 
+def derived_token(cluster_secret: str, prefix: str, owner: str, request_id: str) -> TokenParts:
+    """The token a request id stands for: a retry (same id, any node) gets the same token."""
+    key = _node_key(cluster_secret)
+    seed = f"{prefix}\n{owner}\n{request_id}".encode()
+    token_id = hmac.new(key, b"id\n" + seed, hashlib.sha256).hexdigest()[:16]
+    secret = base64.urlsafe_b64encode(hmac.new(key, b"secret\n" + seed, hashlib.sha256).digest()).decode().rstrip("=")
+    return TokenParts(prefix, token_id, secret)
+
+
 def parse_token(text: str, prefix: str) -> TokenParts | None:
+    if not text.isascii():
+        return None
     parts = text.strip().split(".")
     if len(parts) != 3 or parts[0] != prefix or not parts[1] or not parts[2]:
         return None
@@ -91,16 +103,27 @@ def sign_node_request(cluster_secret: str, node: str, method: str, path: str, bo
 
 def verify_node_request(cluster_secret: str, header: str, method: str, path: str, body: bytes, now: float | None = None) -> str | None:
     """Return the node name when the signature is valid and fresh, else None."""
+    parsed = parse_node_signature(header, now)
+    if parsed is None:
+        return None
+    node, when, mac = parsed
+    expected = sign_node_request(cluster_secret, node, method, path, body, now=when).rsplit(":", 1)[1]
+    return node if hmac.compare_digest(expected.encode(), mac.encode()) else None
+
+
+def parse_node_signature(header: str, now: float | None = None) -> tuple[str, float, str] | None:
+    """Split and sanity-check a signature header (fresh, finite, ASCII) before any body is read."""
+    if not header.isascii() or len(header) > 256:
+        return None
     try:
         node, ts, mac = header.rsplit(":", 2)
         when = float(ts)
     except ValueError:
         return None
     current = now if now is not None else time.time()
-    if abs(current - when) > NODE_SIGNATURE_WINDOW_S:
+    if not math.isfinite(when) or abs(current - when) > NODE_SIGNATURE_WINDOW_S or len(mac) != 64:
         return None
-    expected = sign_node_request(cluster_secret, node, method, path, body, now=when).rsplit(":", 1)[1]
-    return node if hmac.compare_digest(expected, mac) else None
+    return node, when, mac
 
 
 def join_proof(key_hex: str, payload: bytes) -> str:

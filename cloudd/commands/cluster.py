@@ -84,6 +84,7 @@ def cluster_init(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, 
         "expires_at": TIMESTAMP,
     },
     target="token_id",
+    volatile=("expires_at",),
 )
 def join_token_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Store a one-time join token (its key never leaves the replicas)."""

@@ -8,6 +8,7 @@ command that fails validation returns an error value and leaves the resources un
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -53,6 +54,8 @@ class CommandSpec:
     The handler must check everything before it mutates: when it raises ``CloudError``
     the state must be as it was.
     ``audit``: leave an event. ``remember``: cache the result under the request id.
+    ``volatile``: arguments a retry recomputes (a fresh salt, an expiry from "now"); they do
+    not count when a reused request id is checked against the request it first named.
     """
 
     op: str
@@ -62,6 +65,7 @@ class CommandSpec:
     remember: bool = True
     target: str | None = None
     doc: str = ""
+    volatile: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, CommandSpec] = {}
@@ -74,13 +78,14 @@ def command(
     audit: bool = True,
     remember: bool = True,
     target: str | None = "name",
+    volatile: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Register ``handler`` for ``op``; ``target`` names the argument the event shows."""
 
     def register(handler: Handler) -> Handler:
         if op in REGISTRY:
             raise ValueError(f"command {op} registered twice")
-        REGISTRY[op] = CommandSpec(op, args, handler, audit, remember, target, handler.__doc__ or "")
+        REGISTRY[op] = CommandSpec(op, args, handler, audit, remember, target, handler.__doc__ or "", volatile)
         return handler
 
     return register
@@ -105,6 +110,25 @@ class Outcome:
         if self.duplicate:
             out["duplicate"] = True
         return out
+
+
+MAX_EVENT_TARGET = 128
+
+
+def fingerprint(cmd: dict[str, Any]) -> str:
+    """What a request id stands for: the operation, its arguments and who asked (not from where)."""
+    actor = cmd.get("actor") or {}
+    who = {k: actor[k] for k in ("user", "node") if k in actor}
+    spec = REGISTRY.get(cmd["op"])
+    volatile = spec.volatile if spec else ()
+    args = {k: v for k, v in cmd["args"].items() if k not in volatile}
+    data = orjson.dumps([cmd["op"], args, who], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def copy_json(value: Any) -> Any:
+    """A copy that shares nothing with the state (results leave the state machine)."""
+    return orjson.loads(orjson.dumps(value))
 
 
 def _decode(raw: bytes | str) -> dict[str, Any]:
@@ -134,9 +158,13 @@ def _apply(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
     except CloudError as exc:
         return Outcome(index, error=exc.to_dict()).to_dict()
 
+    fp = fingerprint(cmd)
     cached = state.requests.get(cmd["id"])
     if cached is not None:
-        return Outcome(cached["index"], cached.get("result"), cached.get("error"), duplicate=True).to_dict()
+        if cached.get("fp") != fp:
+            error = CloudError("conflict", "this request id was already used for a different request", {"request_id": cmd["id"]})
+            return Outcome(index, error=error.to_dict()).to_dict()
+        return Outcome(cached["index"], copy_json(cached.get("result")), cached.get("error"), duplicate=True).to_dict()
 
     spec = REGISTRY.get(cmd["op"])
     outcome = Outcome(index)
@@ -156,14 +184,16 @@ def _apply(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
         outcome.error = CloudError("internal", f"internal error while applying {cmd['op']}").to_dict()
 
     if spec.remember:
-        entry: dict[str, Any] = {"index": index}
+        entry: dict[str, Any] = {"index": index, "fp": fp}
         if outcome.error is None:
-            entry["result"] = outcome.result
+            entry["result"] = copy_json(outcome.result)
         else:
             entry["error"] = outcome.error
         state.remember_request(cmd["id"], ctx.ts, entry)
     if spec.audit:
         target = cmd["args"].get(spec.target) if spec.target and isinstance(cmd["args"], dict) else None
+        if isinstance(target, str):
+            target = target[:MAX_EVENT_TARGET]
         state.add_event(
             {
                 "ts": ctx.ts,

@@ -22,7 +22,7 @@ USER_ROLES = ("admin", "user")
 MAX_TOKENS_PER_USER = 100
 
 
-@command("user.create", {"name": USER_NAME, "role": Field("str", choices=USER_ROLES), "password_hash": PASSWORD_HASH})
+@command("user.create", {"name": USER_NAME, "role": Field("str", choices=USER_ROLES), "password_hash": PASSWORD_HASH}, volatile=("password_hash",))
 def user_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Create a user with an already hashed password."""
     require_initialized(state)
@@ -50,7 +50,7 @@ def user_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     return {"name": args["name"]}
 
 
-@command("user.password_set", {"name": USER_NAME, "password_hash": PASSWORD_HASH})
+@command("user.password_set", {"name": USER_NAME, "password_hash": PASSWORD_HASH}, volatile=("password_hash",))
 def user_password_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Replace a user's password hash."""
     user = get_user(state, args["name"])
@@ -70,6 +70,7 @@ def user_password_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[
         "kind": Field("str", choices=("api", "session"), required=False),
     },
     target="token_id",
+    volatile=("expires_at",),
 )
 def token_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Store an API or session token's hash for a user."""
@@ -78,10 +79,13 @@ def token_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, 
         raise CloudError("conflict", "token id already exists")
     if args["expires_at"] is not None and args["expires_at"] <= ctx.ts:
         raise CloudError("invalid", "expires_at must be in the future")
-    for token_id in [t for t, tok in state.tokens.items() if tok["expires_at"] is not None and tok["expires_at"] <= ctx.ts]:
-        del state.tokens[token_id]
-    if sum(1 for tok in state.tokens.values() if tok["user"] == args["user"]) >= MAX_TOKENS_PER_USER:
+    def expired(tok: dict[str, Any]) -> bool:
+        return tok["expires_at"] is not None and tok["expires_at"] <= ctx.ts
+
+    if sum(1 for tok in state.tokens.values() if tok["user"] == args["user"] and not expired(tok)) >= MAX_TOKENS_PER_USER:
         raise CloudError("conflict", f"user {args['user']} already has {MAX_TOKENS_PER_USER} tokens")
+    for token_id in [t for t, tok in state.tokens.items() if expired(tok)]:
+        del state.tokens[token_id]
     state.tokens[args["token_id"]] = {
         "id": args["token_id"],
         "user": args["user"],

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
 
+from cloudd.commands import REGISTRY
 from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
 from cloudd.web.auth import LoginLimiter, Principal, authenticate
+from cloudd.validate import check_args
 from cloudd.web.http import min_index, request_id
 
 
@@ -16,6 +19,7 @@ class Api:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         self.login_limiter = LoginLimiter()
+        self.password_checks = asyncio.Semaphore(2)
 
     async def principal(self, request: Request) -> Principal:
         return await authenticate(request, self.runtime)
@@ -28,6 +32,7 @@ class Api:
 
     async def commit(self, request: Request, principal: Principal | None, op: str, args: dict[str, Any]) -> tuple[Any, int]:
         """Propose a command on behalf of the caller; raise its error; return (result, index)."""
+        check_args(args, REGISTRY[op].args)  # bad input never costs a log entry
         actor = principal.actor(request) if principal else ({"addr": request.client.host} if request.client else {})
         return await self.runtime.proposer.submit_ok(op, args, request_id=request_id(request), actor=actor)
 

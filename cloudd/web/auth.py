@@ -15,7 +15,8 @@ from starlette.requests import Request
 
 from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
-from cloudd.security import parse_token, sha256_hex, verify_node_request
+from cloudd.security import NODE_SIGNATURE_WINDOW_S, parse_node_signature, parse_token, sha256_hex, verify_node_request
+from cloudd.web.http import read_body
 
 TOKEN_PREFIX = "cdt"
 SESSION_COOKIE = "cloudd_session"
@@ -47,7 +48,11 @@ def _bearer(request: Request) -> str | None:
         if scheme.lower() != "bearer" or not value:
             raise CloudError("unauthenticated", "use 'Authorization: Bearer <token>'")
         return value.strip()
-    return request.cookies.get(SESSION_COOKIE)
+    # The session cookie authenticates reads only: a write needs the bearer header, which
+    # no form or cross-site page can set (the web UI's own forms have their own routes).
+    if request.method in ("GET", "HEAD"):
+        return request.cookies.get(SESSION_COOKIE)
+    return None
 
 
 def user_from_token(runtime: NodeRuntime, text: str, now: float) -> Principal | None:
@@ -58,7 +63,7 @@ def user_from_token(runtime: NodeRuntime, text: str, now: float) -> Principal | 
         token = runtime.raft.state.tokens.get(parts.token_id)
         if token is None:
             return None
-        if not hmac.compare_digest(token["secret_sha256"], sha256_hex(parts.secret)):
+        if not hmac.compare_digest(token["secret_sha256"].encode(), sha256_hex(parts.secret).encode()):
             return None
         if token["expires_at"] is not None and token["expires_at"] <= now:
             return None
@@ -68,13 +73,45 @@ def user_from_token(runtime: NodeRuntime, text: str, now: float) -> Principal | 
         return Principal("user", user["name"], user["role"], parts.token_id)
 
 
+class ReplayGuard:
+    """Signatures seen within their validity window: a captured request is not accepted twice."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    def first_use(self, mac: str, now: float) -> bool:
+        if len(self.seen) > 10_000:
+            self.seen = {m: t for m, t in self.seen.items() if now - t < NODE_SIGNATURE_WINDOW_S * 2}
+        if mac in self.seen:
+            return False
+        self.seen[mac] = now
+        return True
+
+
+REPLAY_GUARD = ReplayGuard()
+
+
+def signed_path(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
 async def authenticate(request: Request, runtime: NodeRuntime) -> Principal:
     signature = request.headers.get(NODE_HEADER)
     if signature is not None:
-        body = await request.body()
-        node = verify_node_request(runtime.secret, signature, request.method, request.url.path, body)
+        parsed = parse_node_signature(signature)
+        if parsed is None:
+            raise CloudError("unauthenticated", "invalid or stale node signature")
+        body = await read_body(request)
+        node = verify_node_request(runtime.secret, signature, request.method, signed_path(request), body)
         if node is None:
             raise CloudError("unauthenticated", "invalid or stale node signature")
+        with runtime.raft.lock:
+            known = node in runtime.raft.state.nodes
+        if not known:
+            raise CloudError("unauthenticated", f"node {node} is not a member of this cluster")
+        if not REPLAY_GUARD.first_use(parsed[2], time.time()):
+            raise CloudError("unauthenticated", "this signed request was already used")
         return Principal("node", node, "node")
     token = _bearer(request)
     if not token:

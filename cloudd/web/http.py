@@ -31,17 +31,39 @@ def error_response(exc: CloudError, headers: Mapping[str, str] | None = None) ->
     return json_response({"error": exc.to_dict()}, status=exc.status, headers=headers)
 
 
-async def read_json(request: Request, spec: Mapping[str, Field]) -> dict[str, Any]:
-    """Parse and validate a JSON object body; 4xx ``CloudError`` on any problem."""
-    content_type = request.headers.get("content-type", "")
-    if content_type and not content_type.split(";")[0].strip().endswith("json"):
-        raise CloudError("unsupported_media_type", "the body must be application/json")
+def is_number(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit() and len(raw) <= 18
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, read in chunks and refused past ``limit`` (chunked bodies too)."""
+    if hasattr(request, "_body"):
+        body: bytes = request._body
+        return body
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise CloudError("payload_too_large", "the body is larger than 1 MiB")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise CloudError("payload_too_large", "the body is larger than 1 MiB")
+    if declared is not None and is_number(declared) and int(declared) > limit:
+        raise CloudError("payload_too_large", f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise CloudError("payload_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    request._body = b"".join(chunks)
+    return request._body
+
+
+async def read_json(request: Request, spec: Mapping[str, Field]) -> dict[str, Any]:
+    """Parse and validate a JSON object body; 4xx ``CloudError`` on any problem.
+
+    A non-empty body must say ``Content-Type: application/json``: browsers cannot send
+    that cross-origin without a preflight, so HTML forms elsewhere cannot post here.
+    """
+    body = await read_body(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body.strip() and content_type != "application/json":
+        raise CloudError("unsupported_media_type", "the body must be application/json")
     if not body.strip():
         data: Any = {}
     else:
@@ -68,7 +90,7 @@ def min_index(request: Request) -> int | None:
     raw = request.query_params.get("min_index") or request.headers.get(MIN_INDEX_HEADER)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not is_number(raw):
         raise CloudError("invalid", "min_index must be a non-negative integer")
     return int(raw)
 

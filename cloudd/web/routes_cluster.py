@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from typing import Any
 
@@ -15,11 +16,11 @@ from starlette.routing import Route
 from cloudd.commands.common import ADDRESS, NODE_NAME, OBJECT_ID
 from cloudd.errors import CloudError
 from cloudd.raft.membership import add_voter, remove_voter, step_down
-from cloudd.security import join_proof, new_token, seal_for_joiner, sign_node_request
+from cloudd.security import derived_token, join_proof, new_token, seal_for_joiner, sign_node_request
 from cloudd.validate import Field
 from cloudd.web.api import Api
 from cloudd.web.auth import require_admin
-from cloudd.web.http import guarded, json_response, read_json
+from cloudd.web.http import guarded, json_response, read_json, request_id
 
 JOIN_TOKEN_PREFIX = "cdj"
 JOIN_SPEC = {
@@ -81,7 +82,8 @@ def routes(api: Api) -> list[Route]:
         principal = await api.principal(request)
         require_admin(principal)
         body = await read_json(request, {"ttl_seconds": Field("num", min=60, max=7 * 86400, required=False)})
-        token = new_token(JOIN_TOKEN_PREFIX)
+        rid = request_id(request)
+        token = derived_token(runtime.secret, JOIN_TOKEN_PREFIX, principal.name, rid) if rid else new_token(JOIN_TOKEN_PREFIX)
         key = token.secret.encode().hex()
         expires_at = time.time() + body.get("ttl_seconds", 3600)
         result, index = await api.commit(
@@ -98,9 +100,7 @@ def routes(api: Api) -> list[Route]:
             key = None if token is None else token["key"]
             voters = sum(1 for n in raft.state.nodes.values() if n["membership"] == "voter")
             max_voters = raft.state.cluster.get("max_voters", 3)
-        import hmac
-
-        if key is None or not hmac.compare_digest(join_proof(key, join_payload(body)), body["proof"]):
+        if key is None or not hmac.compare_digest(join_proof(key, join_payload(body)).encode(), body["proof"].encode("utf-8", "replace")):
             raise CloudError("forbidden", "join token is unknown, used, or the proof is wrong")
         want = body.get("want", "auto")
         if want == "voter" and body["raft_addr"] is None:
@@ -136,8 +136,11 @@ def routes(api: Api) -> list[Route]:
     async def forward_to_leader(request: Request, leader: dict[str, Any]) -> Response:
         path = request.url.path
         header = sign_node_request(runtime.secret, runtime.config.name, request.method, path, b"")
-        async with httpx.AsyncClient(timeout=30.0) as client:
-            reply = await client.request(request.method, f"http://{leader['api_addr']}{path}", headers={"X-Cloudd-Node": header})
+        try:
+            async with httpx.AsyncClient(timeout=30.0) as client:
+                reply = await client.request(request.method, f"http://{leader['api_addr']}{path}", headers={"X-Cloudd-Node": header})
+        except httpx.HTTPError as exc:
+            raise CloudError("unavailable", f"could not reach the leader {leader['name']}: {exc.__class__.__name__}") from None
         return Response(reply.content, status_code=reply.status_code, media_type="application/json")
 
     async def wait_for_other_leader(timeout_s: float = 10.0) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from starlette.routing import Route
 from cloudd.commands.common import USER_NAME
 from cloudd.commands.users import USER_ROLES
 from cloudd.errors import CloudError
-from cloudd.security import hash_password, new_token, sha256_hex, verify_password
+from cloudd.security import derived_token, hash_password, new_token, sha256_hex, verify_password
 from cloudd.validate import Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import SESSION_COOKIE, TOKEN_PREFIX, Principal, require_admin
-from cloudd.web.http import guarded, json_response, read_json
+from cloudd.web.http import guarded, json_response, read_json, request_id
 
 PASSWORD = Field("str", max_len=1024, check=lambda v: None if len(v) >= 8 else "must be at least 8 characters")
 SESSION_TTL_S = 12 * 3600.0
@@ -35,7 +35,8 @@ def token_view(token: dict[str, Any]) -> dict[str, Any]:
 
 
 async def issue_token(api: Api, request: Request, principal: Principal | None, user: str, name: str, kind: str, ttl: float | None) -> tuple[dict[str, Any], int]:
-    token = new_token(TOKEN_PREFIX)
+    rid = request_id(request)
+    token = derived_token(api.runtime.secret, TOKEN_PREFIX, user, rid) if rid else new_token(TOKEN_PREFIX)
     expires_at = None if ttl is None else time.time() + ttl
     args = {
         "token_id": token.token_id,
@@ -57,13 +58,15 @@ async def password_login_indexed(api: Api, request: Request, username: str, pass
     addr = request.client.host if request.client else "?"
     keys = [f"user:{username}", f"addr:{addr}"]
     api.login_limiter.check(keys, now)
+    # count the attempt before the (slow) check, so concurrent guesses are counted too
+    api.login_limiter.fail(keys, now)
     with runtime.raft.lock:
         user = runtime.raft.state.users.get(username)
         user = None if user is None else dict(user)
     encoded = user["password_hash"] if user and not user.get("disabled") else _DUMMY_HASH
-    valid = await asyncio.to_thread(verify_password, password, encoded)
+    async with api.password_checks:  # each check takes 16 MiB and ~50 ms of a core
+        valid = await asyncio.to_thread(verify_password, password, encoded)
     if not valid or user is None or user.get("disabled"):
-        api.login_limiter.fail(keys, now)
         raise CloudError("unauthenticated", "wrong username or password")
     api.login_limiter.succeed(keys)
     data, index = await issue_token(api, request, None, user["name"], "login", "session", SESSION_TTL_S)

@@ -20,6 +20,7 @@ from cloudd.errors import CloudError
 from cloudd.web.api import Api
 from cloudd.web.auth import SESSION_COOKIE, user_from_token
 from cloudd.web.routes_nodes import node_view
+from cloudd.web.http import read_body
 from cloudd.web.routes_users import SESSION_TTL_S, password_login
 
 TEMPLATES = Environment(
@@ -35,9 +36,7 @@ def render(name: str, status: int = 200, **context: object) -> HTMLResponse:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise CloudError("payload_too_large", "form too large")
+    body = await read_body(request, MAX_FORM_BYTES)
     try:
         fields = parse_qs(body.decode(), max_num_fields=10)
     except (UnicodeDecodeError, ValueError):

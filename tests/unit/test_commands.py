@@ -241,3 +241,50 @@ def test_a_handler_bug_becomes_an_internal_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(REGISTRY, "node.heartbeat", dataclasses.replace(REGISTRY["node.heartbeat"], handler=broken))
     outcome = apply_command(replica.state, command("node.heartbeat", {"name": "n1"}), 99)
     assert outcome["error"]["code"] == "internal"
+
+
+def test_a_request_id_reused_for_another_request_is_refused() -> None:
+    replica = initialized()
+    replica.ok("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH}, rid="dup", actor={"user": "admin"})
+    before = copy.deepcopy(replica.state.domain_dict())
+    other_op = replica.do("user.delete", {"name": "bob"}, rid="dup", actor={"user": "admin"})
+    assert other_op["error"]["code"] == "conflict"
+    other_actor = replica.do("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH}, rid="dup", actor={"user": "eve"})
+    assert other_actor["error"]["code"] == "conflict"
+    assert replica.state.domain_dict() == before
+
+
+def test_a_retry_with_a_fresh_salt_or_expiry_is_the_same_request() -> None:
+    replica = initialized()
+    first = replica.do("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH}, rid="r-salt")
+    retry = replica.do("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH.replace("ab", "ef")}, rid="r-salt")
+    assert retry["duplicate"] and retry["result"] == first["result"]
+    token = {"token_id": "tk", "user": "bob", "secret_sha256": "0" * 64, "name": "t", "expires_at": 5000.0}
+    replica.ok("token.create", token, rid="r-tok")
+    again = replica.do("token.create", dict(token, expires_at=5001.0), rid="r-tok")
+    assert again["duplicate"]
+
+
+def test_results_share_nothing_with_the_state() -> None:
+    replica = initialized()
+    raw = command("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH}, rid="alias")
+    out = replica.apply(raw)
+    out["result"]["role"] = "admin"
+    assert replica.apply(raw)["result"]["role"] == "user"
+
+
+def test_a_refused_token_create_purges_nothing() -> None:
+    replica = initialized()
+    replica.ok("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH})
+    replica.ok("token.create", {"token_id": "old", "user": "bob", "secret_sha256": "0" * 64, "name": "x", "expires_at": 1500.0})
+    for i in range(100):
+        replica.ok("token.create", {"token_id": f"a{i}", "user": "admin", "secret_sha256": "0" * 64, "name": "x", "expires_at": None})
+    outcome = replica.do("token.create", {"token_id": "a100", "user": "admin", "secret_sha256": "0" * 64, "name": "x", "expires_at": None}, ts=2000.0)
+    assert outcome["error"]["code"] == "conflict"
+    assert "old" in replica.state.tokens
+
+
+def test_event_targets_are_capped() -> None:
+    replica = initialized()
+    assert replica.do("token.revoke", {"token_id": "A" * 1000})["error"]["code"] == "invalid"
+    assert len(replica.state.events[-1]["target"]) <= 128
