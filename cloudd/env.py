@@ -28,8 +28,14 @@ class Env(Protocol):
     def is_leader(self) -> bool:
         """Whether this node believes it leads (two nodes may, briefly: act via commands)."""
 
+    def term(self) -> int:
+        """The Raft term this node is in (changes with every election)."""
+
     def state(self) -> State:
         """The local replica. Read it only; it changes when commands apply."""
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """A consistent copy of the node records, safe to iterate while commands apply."""
 
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Commit a command; returns the outcome (``result`` or ``error``) or raises CloudError."""
@@ -52,8 +58,15 @@ class RaftEnv:
     def is_leader(self) -> bool:
         return self.raft.is_leader
 
+    def term(self) -> int:
+        return self.raft.raftCurrentTerm
+
     def state(self) -> State:
         return self.raft.state
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        with self.raft.lock:
+            return {name: dict(node) for name, node in self.raft.state.nodes.items()}
 
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return await self.proposer.submit(op, args, actor={"node": self.node_name}, deadline_s=4.0)

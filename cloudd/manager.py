@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from cloudd.config import Timings
 from cloudd.env import Env
 from cloudd.errors import CloudError
-from cloudd.model.state import State
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +26,16 @@ class LeaseTracker:
 
     seen: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    def observe(self, state: State, now: float) -> dict[str, float]:
+    def observe(self, nodes: Mapping[str, dict[str, Any]], now: float) -> dict[str, float]:
         """Record sequences; return each node's lease age in seconds."""
         ages: dict[str, float] = {}
-        for name, node in state.nodes.items():
+        for name, node in nodes.items():
             seq = node["lease_seq"]
             previous = self.seen.get(name)
             if previous is None or previous[0] != seq:
                 self.seen[name] = (seq, now)
             ages[name] = now - self.seen[name][1]
-        for name in [n for n in self.seen if n not in state.nodes]:
+        for name in [n for n in self.seen if n not in nodes]:
             del self.seen[name]
         return ages
 
@@ -52,10 +51,10 @@ def liveness(age: float, ever_renewed: bool, timings: Timings) -> str:
     return "up"
 
 
-def node_verdicts(state: State, ages: dict[str, float], timings: Timings) -> list[dict[str, Any]]:
+def node_verdicts(nodes: Mapping[str, dict[str, Any]], ages: dict[str, float], timings: Timings) -> list[dict[str, Any]]:
     """Pure: the ``node.status_set`` arguments needed to bring statuses up to date."""
     verdicts = []
-    for name, node in state.nodes.items():
+    for name, node in nodes.items():
         if name not in ages:
             continue
         status = liveness(ages[name], node["lease_seq"] > 0, timings)
@@ -80,21 +79,27 @@ class Manager:
         self.timings = timings
         self.tracker = LeaseTracker()
         self.leading = False
+        self.term: int | None = None
 
     async def step(self, env: Env) -> list[dict[str, Any]]:
         """One iteration; returns the verdicts it proposed (for tests and logs)."""
+        term = env.term()
         if not env.is_leader():
             if self.leading:
                 log.info("no longer the leader: manager paused")
             self.leading = False
             self.tracker.reset()
             return []
-        if not self.leading:
-            log.info("became the leader: lease ages start from zero")
+        if not self.leading or term != self.term:
+            # a new term means we may have lost and regained leadership in between:
+            # what we saw before is no evidence about now
+            log.info("leading in term %d: lease ages start from zero", term)
             self.leading = True
-        state = env.state()
-        ages = self.tracker.observe(state, env.monotonic())
-        verdicts = node_verdicts(state, ages, self.timings)
+            self.term = term
+            self.tracker.reset()
+        nodes = env.nodes()
+        ages = self.tracker.observe(nodes, env.monotonic())
+        verdicts = node_verdicts(nodes, ages, self.timings)
         for verdict in verdicts:
             try:
                 outcome = await env.propose("node.status_set", verdict)

@@ -13,6 +13,7 @@ class FakeEnv:
         self.node_name = node_name
         self.clock = 0.0
         self.leader = True
+        self.current_term = 1
         self.proposed: list[tuple[str, dict[str, Any]]] = []
 
     def monotonic(self) -> float:
@@ -24,8 +25,14 @@ class FakeEnv:
     def is_leader(self) -> bool:
         return self.leader
 
+    def term(self) -> int:
+        return self.current_term
+
     def state(self):  # type: ignore[no-untyped-def]
         return self.replica.state
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n: dict(v) for n, v in self.replica.state.nodes.items()}
 
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         self.proposed.append((op, args))

@@ -25,7 +25,10 @@ async def _call(start: Callable[[Callable[[object, int], None]], None], timeout:
             future.set_result(error)
 
     def callback(_result: object, error: int) -> None:
-        loop.call_soon_threadsafe(deliver, error)
+        try:
+            loop.call_soon_threadsafe(deliver, error)
+        except RuntimeError:  # the loop closed (shutdown): nobody waits any more
+            pass
 
     start(callback)
     try:
@@ -35,7 +38,8 @@ async def _call(start: Callable[[Callable[[object, int], None]], None], timeout:
 
 
 async def _change(raft: ReplicatedState, addr: str, member: bool, deadline_s: float) -> None:
-    """Add (member=True) or remove ``addr``; done once the voter set says so."""
+    """Add (member=True) or remove ``addr``; done once this node's voter set says so
+    (pysyncobj switches configuration when the change is appended, as Raft does)."""
     verb = "add" if member else "remove"
     give_up = time.monotonic() + deadline_s
     while (addr in raft.voter_addrs()) != member:
@@ -49,7 +53,9 @@ async def _change(raft: ReplicatedState, addr: str, member: bool, deadline_s: fl
 
 
 async def add_voter(raft: ReplicatedState, addr: str, deadline_s: float = 15.0) -> None:
-    """Make ``addr`` a voter; returns once the change is committed (or already true)."""
+    """Make ``addr`` a voter. Returns once the leader runs with the new configuration;
+    the change commits when a majority of that configuration has it, which for a cluster
+    of one growing to two needs the new node itself: so the joiner must start next."""
     await _change(raft, addr, True, deadline_s)
 
 
@@ -64,7 +70,7 @@ async def step_down(raft: ReplicatedState, deadline_s: float = 10.0) -> None:
     while raft.is_leader:
         if time.monotonic() > give_up:
             raise CloudError("unavailable", "could not transfer leadership in time")
-        await _call(lambda cb: raft.transferLeadership(callback=cb), 2.0)
+        await _call(lambda cb: raft.call_in_tick(lambda: raft.transferLeadership(callback=cb)), 2.0)
         for _ in range(20):
             if not raft.is_leader:
                 break

@@ -7,6 +7,7 @@ Reads of the state from other threads take ``lock`` (apply holds it while it mut
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from typing import Any, Callable
 
@@ -54,8 +55,25 @@ class ReplicatedState(FastElectionMixin, SafeAppendEntriesMixin, SyncObj):
             tuning=tuning,
             on_state_changed=on_state_changed,
         )
+        self._tick_tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         super().__init__(self_addr, [p for p in partners if p != self_addr], conf)
+        self.addOnTickCallback(self._run_tick_tasks)
         self.addOnTickCallback(LinkKeepalive(self, period_s=tuning.connection_timeout / 4))
+
+    def call_in_tick(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in pysyncobj's tick thread: for its methods that touch the transport."""
+        self._tick_tasks.put(fn)
+
+    def _run_tick_tasks(self) -> None:
+        while True:
+            try:
+                fn = self._tick_tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("tick task failed")
 
     @replicated
     def apply(self, command: bytes) -> dict[str, Any]:

@@ -62,7 +62,12 @@ class Proposer:
                 future.set_result((result, error))
 
         def callback(result: dict[str, Any] | None, error: int) -> None:
-            loop.call_soon_threadsafe(deliver, result, error)
+            # runs in pysyncobj's tick thread: it must never raise (pysyncobj would apply
+            # the same entry again on the next tick)
+            try:
+                loop.call_soon_threadsafe(deliver, result, error)
+            except RuntimeError:  # the loop closed (shutdown): nobody waits any more
+                pass
 
         self.node.apply(raw, callback=callback)
         try:

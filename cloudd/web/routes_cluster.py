@@ -164,8 +164,20 @@ def routes(api: Api) -> list[Route]:
         if node is None:
             raise CloudError("not_found", f"node {name} not found")
         if node["membership"] == "voter":
-            if len(raft.voter_addrs()) <= 1:
+            voters = raft.voter_addrs()
+            if len(voters) <= 1:
                 raise CloudError("conflict", "cannot remove the last voting node")
+            status = raft.raft_status()
+            reachable = set(status["connected"]) | ({status["self"]} if status["self"] else set())
+            remaining = [v for v in voters if v != node["raft_addr"]]
+            alive = [v for v in remaining if v in reachable]
+            if len(alive) <= len(remaining) / 2:
+                raise CloudError(
+                    "conflict",
+                    f"removing {name} would leave {len(remaining)} voters of which only {len(alive)} are reachable: "
+                    "no majority; bring the others back first",
+                    {"remaining": remaining, "reachable": alive},
+                )
             # A node never changes its own membership: it would not see the change commit.
             if node["raft_addr"] == runtime.config.raft_addr:
                 if raft.is_leader:

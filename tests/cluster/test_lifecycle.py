@@ -180,3 +180,14 @@ def httpx_get_status(cluster: LocalCluster, name: str, path: str) -> int:
     import httpx
 
     return httpx.get(cluster.nodes[name].url + path, timeout=10).status_code
+
+
+def test_removing_a_live_voter_while_another_is_down_is_refused(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    follower, dead = [n for n in cluster.nodes if n != leader]
+    cluster.kill9(dead)
+    with cluster.api(leader) as client:
+        reply = client.delete(f"/api/v1/cluster/nodes/{follower}")
+    assert reply.status_code == 409 and "no majority" in reply.json()["error"]["message"]
+    assert len(cluster.status(leader)["raft"]["voters"]) == 3
+    create_user(cluster, follower, "still-has-quorum")

@@ -99,3 +99,18 @@ def test_nothing_is_proposed_when_statuses_are_current() -> None:
     env.clock = 1.0
     run(manager.step(env))
     assert env.proposed == []
+
+
+def test_a_new_term_resets_lease_ages_even_without_a_visible_gap() -> None:
+    replica = initialized()
+    replica.ok("node.heartbeat", {"name": "n1"})
+    env = FakeEnv(replica)
+    manager = Manager(T)
+    run(manager.step(env))
+    env.clock = 10.0
+    env.current_term = 2  # lost and regained leadership between two steps
+    run(manager.step(env))
+    assert statuses(env)["n1"] == "up"
+    env.clock = 16.0
+    run(manager.step(env))
+    assert statuses(env)["n1"] == "suspect"
