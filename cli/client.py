@@ -8,6 +8,7 @@ it committed at (``X-Cloudd-Min-Index``), whichever node serves them.
 from __future__ import annotations
 
 import secrets
+from urllib.parse import quote
 from typing import Any
 
 import httpx
@@ -20,6 +21,11 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+
+def q(segment: str) -> str:
+    """One path segment, escaped: an argument like '../users/bob' stays one segment."""
+    return quote(segment, safe="")
 
 
 def normalize(endpoint: str) -> str:

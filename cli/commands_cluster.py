@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from cli.client import q
 from cli.output import emit
 
 NODE_COLUMNS = ["name", "status", "membership", "leader", "roles", "api_addr", "maintenance", "last_heartbeat"]
@@ -85,7 +86,7 @@ def register(cli: click.Group) -> None:
     @pass_ctx
     def node_show(ctx: Ctx, name: str) -> None:
         """Everything known about one node."""
-        run(lambda: emit(ctx.client().request("GET", f"/api/v1/nodes/{name}"), ctx.output))
+        run(lambda: emit(ctx.client().request("GET", f"/api/v1/nodes/{q(name)}"), ctx.output))
 
     @node.command("maintenance")
     @click.argument("name")
@@ -93,7 +94,7 @@ def register(cli: click.Group) -> None:
     @pass_ctx
     def node_maintenance(ctx: Ctx, name: str, enabled: bool) -> None:
         """Put a node into maintenance (--on) or take it out (--off)."""
-        run(lambda: emit(ctx.client().request("POST", f"/api/v1/nodes/{name}/maintenance", {"enabled": enabled}), ctx.output))
+        run(lambda: emit(ctx.client().request("POST", f"/api/v1/nodes/{q(name)}/maintenance", {"enabled": enabled}), ctx.output))
 
     @node.command("remove")
     @click.argument("name")
@@ -103,4 +104,4 @@ def register(cli: click.Group) -> None:
         """Remove a node (e.g. a dead one) from the cluster; leadership moves first if needed."""
         if not yes:
             click.confirm(f"remove node {name} from the cluster?", abort=True)
-        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/cluster/nodes/{name}"), ctx.output))
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/cluster/nodes/{q(name)}"), ctx.output))

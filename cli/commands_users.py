@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.client import q
 from cli.output import emit
 
 USER_COLUMNS = ["name", "role", "created_at", "disabled"]
@@ -37,7 +38,7 @@ def register(cli: click.Group) -> None:
     @pass_ctx
     def user_delete(ctx: Ctx, name: str) -> None:
         """Delete a user and revoke their tokens."""
-        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/users/{name}"), ctx.output))
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/users/{q(name)}"), ctx.output))
 
     @cli.group()
     def token() -> None:
@@ -67,4 +68,4 @@ def register(cli: click.Group) -> None:
     @pass_ctx
     def token_revoke(ctx: Ctx, token_id: str) -> None:
         """Revoke a token by id."""
-        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/tokens/{token_id}"), ctx.output))
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/tokens/{q(token_id)}"), ctx.output))

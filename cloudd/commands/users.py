@@ -50,13 +50,26 @@ def user_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     return {"name": args["name"]}
 
 
-@command("user.password_set", {"name": USER_NAME, "password_hash": PASSWORD_HASH}, volatile=("password_hash",))
+@command(
+    "user.password_set",
+    {"name": USER_NAME, "password_hash": PASSWORD_HASH, "keep_token_id": Field("str", pattern=OBJECT_ID.pattern, required=False)},
+    volatile=("password_hash",),
+)
 def user_password_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Replace a user's password hash."""
+    """Replace a user's password hash and end their login sessions (but ``keep_token_id``).
+
+    API tokens stay: they were created on purpose and are revoked on purpose.
+    """
     user = get_user(state, args["name"])
     user["password_hash"] = args["password_hash"]
     user["password_changed_at"] = ctx.ts
-    return {"name": args["name"]}
+    ended = [
+        t for t, tok in state.tokens.items()
+        if tok["user"] == args["name"] and tok["kind"] == "session" and t != args.get("keep_token_id")
+    ]
+    for token_id in ended:
+        del state.tokens[token_id]
+    return {"name": args["name"], "sessions_ended": len(ended)}
 
 
 @command(

@@ -44,7 +44,7 @@ def routes(api: Api) -> list[Route]:
 
     @guarded
     async def cluster_status(request: Request) -> Response:
-        await api.principal(request)
+        require_admin(await api.principal(request))
         await api.fresh(request)
         status = raft.raft_status()
         connected = set(status["connected"])
@@ -198,14 +198,16 @@ def routes(api: Api) -> list[Route]:
         """This replica's applied index, history hash chain and state hash, read together."""
         require_admin(await api.principal(request))
         await api.fresh(request)
-        with raft.lock:
-            data = {
-                "node": runtime.config.name,
-                "applied_index": raft.state.applied_index,
-                "chain": raft.state.applied_chain,
-                "digest": raft.state.digest(),
-            }
-        return json_response(data)
+        def read() -> dict[str, Any]:
+            with raft.lock:
+                return {
+                    "node": runtime.config.name,
+                    "applied_index": raft.state.applied_index,
+                    "chain": raft.state.applied_chain,
+                    "digest": raft.state.digest(),
+                }
+
+        return json_response(await asyncio.to_thread(read))
 
     return [
         Route("/api/v1/cluster", cluster_status, methods=["GET"]),

@@ -27,7 +27,7 @@ def routes(api: Api) -> list[Route]:
 
     @guarded
     async def nodes_list(request: Request) -> Response:
-        await api.principal(request)
+        require_admin(await api.principal(request))
         await api.fresh(request)
         status = request.query_params.get("status")
         if status is not None and status not in STATUSES:
@@ -45,7 +45,7 @@ def routes(api: Api) -> list[Route]:
 
     @guarded
     async def nodes_show(request: Request) -> Response:
-        await api.principal(request)
+        require_admin(await api.principal(request))
         await api.fresh(request)
         name = request.path_params["name"]
         with runtime.raft.lock:

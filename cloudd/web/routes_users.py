@@ -150,9 +150,23 @@ def routes(api: Api) -> list[Route]:
         name = request.path_params["name"]
         if not principal.is_admin and principal.name != name:
             raise CloudError("not_found", f"user {name} not found")
-        body = await read_json(request, {"password": PASSWORD})
+        body = await read_json(request, {"password": PASSWORD, "current_password": Field("str", max_len=1024, required=False)})
+        if principal.kind == "user" and principal.name == name:
+            # a stolen session must not be enough to take the account over
+            if "current_password" not in body:
+                raise CloudError("invalid", "current_password is required to change your own password")
+            with runtime.raft.lock:
+                user = runtime.raft.state.users.get(name)
+                encoded = user["password_hash"] if user else _DUMMY_HASH
+            async with api.password_checks:
+                valid = await asyncio.to_thread(verify_password, body["current_password"], encoded)
+            if not valid:
+                raise CloudError("forbidden", "current_password is wrong")
         password_hash = await asyncio.to_thread(hash_password, body["password"])
-        result, index = await api.commit(request, principal, "user.password_set", {"name": name, "password_hash": password_hash})
+        args: dict[str, Any] = {"name": name, "password_hash": password_hash}
+        if principal.kind == "user" and principal.name == name and principal.token_id:
+            args["keep_token_id"] = principal.token_id
+        result, index = await api.commit(request, principal, "user.password_set", args)
         return json_response(result, index=index)
 
     @guarded

@@ -55,6 +55,8 @@ def routes(api: Api) -> list[Route | Mount]:
         user = session_user(request)
         if user is None:
             return RedirectResponse("/login", status_code=303)
+        if not user.is_admin:
+            return render("home.html", user=user, this_node=runtime.config.name)
         status = runtime.raft.raft_status()
         with runtime.raft.lock:
             cluster = dict(runtime.raft.state.cluster)

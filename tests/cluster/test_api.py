@@ -17,6 +17,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 PUBLIC = {("POST", "/api/v1/auth/login"), ("POST", "/api/v1/cluster/join")}
 ADMIN_ONLY = [
+    ("GET", "/api/v1/cluster"),
+    ("GET", "/api/v1/nodes"),
+    ("GET", "/api/v1/nodes/node1"),
     ("GET", "/api/v1/users"),
     ("POST", "/api/v1/users"),
     ("DELETE", "/api/v1/users/admin"),
@@ -43,7 +46,7 @@ def all_routes() -> list[tuple[str, str]]:
 def alice(shared_cluster: LocalCluster) -> str:
     with shared_cluster.api("node1") as client:
         assert client.post("/api/v1/users", json={"name": "alice", "password": "alice-pass-1"}).status_code == 201
-    reply = httpx.post(shared_cluster.nodes["node2"].url + "/api/v1/auth/login", json={"username": "alice", "password": "alice-pass-1"})
+    reply = httpx.post(shared_cluster.nodes["node1"].url + "/api/v1/auth/login", json={"username": "alice", "password": "alice-pass-1"})
     assert reply.status_code == 200 and reply.json()["role"] == "user"
     return str(reply.json()["token"])
 
@@ -174,3 +177,16 @@ def test_tokens_can_be_created_used_and_revoked(shared_cluster: LocalCluster) ->
         assert revoked.status_code == 200
     after = httpx.get(shared_cluster.nodes["node1"].url + "/api/v1/auth/whoami", params={"min_index": revoked.headers["X-Cloudd-Index"]}, headers={"Authorization": f"Bearer {token}"})
     assert after.status_code == 401
+
+
+def test_changing_your_own_password_needs_the_current_one(shared_cluster: LocalCluster) -> None:
+    with shared_cluster.api("node1") as admin:
+        assert admin.post("/api/v1/users", json={"name": "dora", "password": "dora-pass-1"}).status_code == 201
+    url = shared_cluster.nodes["node1"].url
+    token = httpx.post(url + "/api/v1/auth/login", json={"username": "dora", "password": "dora-pass-1"}).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(url + "/api/v1/users/dora/password", headers=headers, json={"password": "new-pass-12"}).status_code == 400
+    assert httpx.post(url + "/api/v1/users/dora/password", headers=headers, json={"password": "new-pass-12", "current_password": "wrong-one"}).status_code == 403
+    ok = httpx.post(url + "/api/v1/users/dora/password", headers=headers, json={"password": "new-pass-12", "current_password": "dora-pass-1"})
+    assert ok.status_code == 200
+    assert httpx.post(url + "/api/v1/auth/login", json={"username": "dora", "password": "new-pass-12"}).status_code == 200

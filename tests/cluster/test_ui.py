@@ -41,3 +41,12 @@ def test_markup_in_names_is_escaped(shared_cluster: LocalCluster) -> None:
     with httpx.Client(base_url=shared_cluster.nodes["node1"].url) as browser:
         page = browser.post("/login", data={"username": "<script>x</script>", "password": "nope"})
         assert "<script>x</script>" not in page.text and "&lt;script&gt;" in page.text
+
+
+def test_a_user_sees_a_home_page_without_the_infrastructure(shared_cluster: LocalCluster) -> None:
+    with shared_cluster.api("node1") as client:
+        client.post("/api/v1/users", json={"name": "uiuser", "password": "ui-user-pass-1"})
+    with httpx.Client(base_url=shared_cluster.nodes["node1"].url) as browser:
+        ok = browser.post("/login", data={"username": "uiuser", "password": "ui-user-pass-1"}, follow_redirects=True)
+        assert ok.status_code == 200 and "Welcome, uiuser" in ok.text
+        assert "node1" not in ok.text and "Leader:" not in ok.text

@@ -288,3 +288,13 @@ def test_event_targets_are_capped() -> None:
     replica = initialized()
     assert replica.do("token.revoke", {"token_id": "A" * 1000})["error"]["code"] == "invalid"
     assert len(replica.state.events[-1]["target"]) <= 128
+
+
+def test_password_change_ends_other_sessions_but_keeps_api_tokens() -> None:
+    replica = initialized()
+    replica.ok("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH})
+    for token_id, kind in (("s1", "session"), ("s2", "session"), ("api1", "api")):
+        replica.ok("token.create", {"token_id": token_id, "user": "bob", "secret_sha256": "0" * 64, "name": "x", "expires_at": None, "kind": kind})
+    result = replica.ok("user.password_set", {"name": "bob", "password_hash": PW_HASH, "keep_token_id": "s1"})
+    assert result["sessions_ended"] == 1
+    assert set(replica.state.tokens) == {"s1", "api1"}

@@ -45,7 +45,7 @@ ARGS: dict[str, Any] = {
     "node.remove": st.fixed_dictionaries({"name": NAMES}),
     "user.create": st.fixed_dictionaries({"name": NAMES, "role": st.sampled_from(["admin", "user"]), "password_hash": st.just(PW_HASH)}),
     "user.delete": st.fixed_dictionaries({"name": NAMES}),
-    "user.password_set": st.fixed_dictionaries({"name": NAMES, "password_hash": st.just(PW_HASH)}),
+    "user.password_set": st.fixed_dictionaries({"name": NAMES, "password_hash": st.just(PW_HASH)}, optional={"keep_token_id": st.sampled_from(["k1", "k2"])}),
     "token.create": st.fixed_dictionaries(
         {
             "token_id": st.sampled_from(["k1", "k2"]),
@@ -53,7 +53,8 @@ ARGS: dict[str, Any] = {
             "secret_sha256": st.just("0" * 64),
             "name": st.just("t"),
             "expires_at": st.one_of(st.none(), st.floats(0, 5000)),
-        }
+        },
+        optional={"kind": st.sampled_from(["api", "session"])},
     ),
     "token.revoke": st.fixed_dictionaries({"token_id": st.sampled_from(["k1", "k2"])}),
 }
