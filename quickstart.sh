@@ -20,7 +20,13 @@ running() {  # node dir -> 0 when its daemon runs
 if [ "${1:-}" = stop ]; then
   for i in $(seq 1 $NODES); do
     d=$RUN/node$i
-    if running "$d"; then kill "$(cat "$d/cloudd.pid")" && echo "stopped node$i"; fi
+    if running "$d"; then kill "$(cat "$d/cloudd.pid")"; fi
+  done
+  for i in $(seq 1 $NODES); do  # wait until each has exited, so a restart right after works
+    d=$RUN/node$i
+    for _ in $(seq 1 100); do running "$d" || break; sleep 0.1; done
+    if running "$d"; then echo "node$i did not stop" >&2; exit 1; fi
+    echo "node$i stopped"
   done
   exit 0
 fi

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import orjson
 
 from cloudd.config import NodeConfig, Timings, read_secret, write_secret
+from cloudd.errors import CloudError
 from cloudd.security import generate_password, hash_password, join_proof, open_for_joiner, sign_node_request
 
 DEFAULT_DATA_DIR = "/var/lib/cloudd"
@@ -52,6 +54,18 @@ def cli(verbose: bool) -> None:
                    cloudd serve
     """
     _setup_logging(verbose)
+
+
+def _check_bindable(label: str, addr: str) -> None:
+    """Fail now, with a clear message, when this node could not listen on ``addr``."""
+    host, port = addr.rsplit(":", 1)
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            _fail(f"{label} {addr} cannot be used here: {exc.strerror}")
 
 
 def _check_fresh(data_dir: Path) -> None:
@@ -115,6 +129,8 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
     for label, addr in (("--api-addr", api_addr), ("--raft-addr", raft_addr)):
         if not ADDRESS_RE.fullmatch(addr):
             _fail(f"{label} must be host:port")
+    _check_bindable("--api-addr", api_addr)
+    _check_bindable("--raft-addr", raft_addr)
     path = Path(data_dir)
     _check_fresh(path)
     secret = secrets.token_urlsafe(32)
@@ -130,15 +146,22 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
         timings=Timings(),
         data_dir=str(path.resolve()),
     )
-    write_secret(path, secret)
-    config.save()
     password = generate_password()
-    out = asyncio.run(_bootstrap(config, secret, admin_name, hash_password(password), cluster_name, int(max_voters)))
-    click.echo(f"cluster {config.cluster_id} created; node {name} is its first voter")
-    if password_file:
+    if password_file:  # before anything commits: the password must never be lost
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
+    write_secret(path, secret)
+    try:
+        out = asyncio.run(_bootstrap(config, secret, admin_name, hash_password(password), cluster_name, int(max_voters)))
+    except (CloudError, OSError) as exc:
+        for leftover in ("cluster.secret", "raft.journal", "raft.snapshot", "raft.journal.meta"):
+            (path / leftover).unlink(missing_ok=True)
+        message = exc.message if isinstance(exc, CloudError) else str(exc)
+        _fail(f"could not create the cluster: {message} (nothing was kept; fix it and run init again)")
+    config.save()  # only now is this data dir a node
+    click.echo(f"cluster {config.cluster_id} created; node {name} is its first voter")
+    if password_file:
         click.echo(f"admin user: {admin_name} (password written to {password_file})")
     else:
         click.echo(f"admin user: {admin_name}  password: {password}   (shown once: store it now)")
@@ -165,6 +188,9 @@ def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft
         bytes.fromhex(key)
     except ValueError:
         _fail("the token's key is not valid")
+    _check_bindable("--api-addr", api_addr)
+    if raft_addr:
+        _check_bindable("--raft-addr", raft_addr)
     path = Path(data_dir)
     _check_fresh(path)
     body = {"token_id": token_id, "name": name, "raft_addr": raft_addr, "api_addr": api_addr, "want": want}
