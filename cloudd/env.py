@@ -37,6 +37,9 @@ class Env(Protocol):
     def nodes(self) -> dict[str, dict[str, Any]]:
         """A consistent copy of the node records, safe to iterate while commands apply."""
 
+    def vms(self) -> dict[str, dict[str, Any]]:
+        """A consistent copy of the VM records (one level deep)."""
+
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Commit a command; returns the outcome (``result`` or ``error``) or raises CloudError."""
 
@@ -67,6 +70,10 @@ class RaftEnv:
     def nodes(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return {name: dict(node) for name, node in self.raft.state.nodes.items()}
+
+    def vms(self) -> dict[str, dict[str, Any]]:
+        with self.raft.lock:
+            return {vm_id: dict(vm) for vm_id, vm in self.raft.state.vms.items()}
 
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return await self.proposer.submit(op, args, actor={"node": self.node_name}, deadline_s=4.0)

@@ -1,4 +1,4 @@
-"""The leader's manager. For now: node liveness from lease age.
+"""The leader's manager: node liveness from lease age, and placing pending VMs.
 
 Lease age is measured on the leader's OWN monotonic clock: the manager notes when it
 last saw each node's ``lease_seq`` change. A new leader has seen nothing yet, so every
@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cloudd.alloc.placement import Demand, choose_node
 from cloudd.config import Timings
 from cloudd.env import Env
 from cloudd.errors import CloudError
@@ -100,6 +101,34 @@ class Manager:
         nodes = env.nodes()
         ages = self.tracker.observe(nodes, env.monotonic())
         verdicts = node_verdicts(nodes, ages, self.timings)
+        await self._commit_verdicts(env, verdicts)
+        await self.place_pending(env)
+        return verdicts
+
+    async def place_pending(self, env: Env) -> list[tuple[str, str | None]]:
+        """Place pending VMs, oldest first; note why when none fits. Returns (vm, node)."""
+        nodes = env.nodes()
+        vms = env.vms()
+        decisions: list[tuple[str, str | None]] = []
+        for vm in sorted((v for v in vms.values() if v["state"] == "pending"), key=lambda v: (v["created_at"], v["id"])):
+            node, rejected = choose_node(nodes, vms, Demand(vm["vcpus"], vm["ram_mb"], vm["disk_gb"]))
+            decisions.append((vm["id"], node))
+            try:
+                if node is not None:
+                    outcome = await env.propose("vm.place", {"id": vm["id"], "node": node})
+                    if "error" not in outcome:
+                        vms[vm["id"]] = {**vm, "node": node, "state": "creating"}
+                        log.info("placed VM %s (%s) on %s", vm["name"], vm["id"], node)
+                    continue
+                reason = "no node can take it: " + ("; ".join(f"{n}: {r}" for n, r in sorted(rejected.items())) or "no hypervisors")
+                reason = reason[:500]
+                if vm.get("state_reason") != reason:
+                    await env.propose("vm.unplaceable", {"id": vm["id"], "reason": reason})
+            except CloudError as exc:
+                log.warning("could not place VM %s: %s", vm["id"], exc.message)
+        return decisions
+
+    async def _commit_verdicts(self, env: Env, verdicts: list[dict[str, Any]]) -> None:
         for verdict in verdicts:
             try:
                 outcome = await env.propose("node.status_set", verdict)
@@ -110,4 +139,3 @@ class Manager:
                 log.info("status of %s not changed: %s", verdict["name"], outcome["error"]["message"])
             else:
                 log.info("node %s is %s (%s)", verdict["name"], verdict["status"], verdict["reason"])
-        return verdicts

@@ -34,6 +34,9 @@ class FakeEnv:
     def nodes(self) -> dict[str, dict[str, Any]]:
         return {n: dict(v) for n, v in self.replica.state.nodes.items()}
 
+    def vms(self) -> dict[str, dict[str, Any]]:
+        return {n: dict(v) for n, v in self.replica.state.vms.items()}
+
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         self.proposed.append((op, args))
         return self.replica.apply(command(op, args, ts=self.wall(), actor={"node": self.node_name}))

@@ -114,3 +114,26 @@ def test_a_new_term_resets_lease_ages_even_without_a_visible_gap() -> None:
     env.clock = 16.0
     run(manager.step(env))
     assert statuses(env)["n1"] == "suspect"
+
+
+def test_pending_vms_are_placed_where_they_fit_and_the_rest_wait_with_a_reason() -> None:
+    from tests.unit.test_compute_commands import cluster_with_hypervisor
+
+    replica = cluster_with_hypervisor()
+    admit(replica, "n2", 2)
+    replica.ok("node.register", {"name": "n2", "roles": ["hypervisor"], "inventory": {"cpus": 4, "ram_mb": 5120, "disk_gb": 100.0}})
+    replica.ok("flavor.create", {"name": "big", "vcpus": 2, "ram_mb": 4096, "disk_gb": 10})
+    for vm_id in ("a", "b", "c", "d"):
+        replica.ok("vm.create", {"id": vm_id, "name": f"vm-{vm_id}", "owner": "bob", "flavor": "big"})
+    env = FakeEnv(replica)
+    manager = Manager(T)
+    replica.ok("node.heartbeat", {"name": "n2"})
+    run(manager.step(env))  # n2 becomes up in this step; placement sees it next time
+    run(manager.step(env))
+    vms = replica.state.vms
+    # most free RAM first (8 GiB vs 4 GiB usable), ties go to the first name
+    assert [vms[v]["node"] for v in "abc"] == ["n1", "n1", "n2"]
+    assert vms["d"]["state"] == "pending" and "RAM" in vms["d"]["state_reason"]
+    proposed = len(env.proposed)
+    run(manager.step(env))
+    assert len(env.proposed) == proposed  # the same reason is not committed again

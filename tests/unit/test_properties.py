@@ -14,6 +14,7 @@ from cloudd.commands import REGISTRY, apply_command, make_command
 from tests.factories import PW_HASH, Replica, init_args
 
 NAMES = st.sampled_from(["n1", "n2", "n3", "bob", "admin", "x"])
+VM_IDS = st.sampled_from(["v1", "v2"])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5))
 
 ARGS: dict[str, Any] = {
@@ -57,6 +58,51 @@ ARGS: dict[str, Any] = {
         optional={"kind": st.sampled_from(["api", "session"])},
     ),
     "token.revoke": st.fixed_dictionaries({"token_id": st.sampled_from(["k1", "k2"])}),
+    "flavor.create": st.fixed_dictionaries(
+        {"name": st.sampled_from(["s", "m"]), "vcpus": st.integers(1, 8), "ram_mb": st.integers(64, 8192), "disk_gb": st.integers(1, 50)}
+    ),
+    "flavor.delete": st.fixed_dictionaries({"name": st.sampled_from(["s", "m"])}),
+    "image.register": st.fixed_dictionaries(
+        {
+            "id": st.sampled_from(["i1", "i2"]),
+            "name": st.sampled_from(["deb", "alp"]),
+            "owner": NAMES,
+            "public": st.booleans(),
+            "format": st.sampled_from(["qcow2", "raw"]),
+            "path": st.just("/img"),
+            "size_gb": st.integers(0, 10),
+        }
+    ),
+    "image.delete": st.fixed_dictionaries({"id": st.sampled_from(["i1", "i2"])}),
+    "vm.create": st.one_of(
+        st.fixed_dictionaries(
+            {"id": VM_IDS, "name": st.sampled_from(["web", "db"]), "owner": st.just("bob"), "flavor": st.just("s")},
+            optional={"power": st.sampled_from(["running", "stopped"])},
+        ),
+        st.fixed_dictionaries(
+        {"id": VM_IDS, "name": st.sampled_from(["web", "db"]), "owner": st.sampled_from(["bob", "admin", "x"])},
+        optional={
+            "flavor": st.sampled_from(["s", "m"]),
+            "vcpus": st.integers(-1, 10),
+            "ram_mb": st.integers(0, 20000),
+            "disk_gb": st.integers(0, 100),
+            "image": st.sampled_from(["i1", "i2"]),
+            "power": st.sampled_from(["running", "stopped"]),
+        },
+        ),
+    ),
+    "vm.place": st.fixed_dictionaries({"id": VM_IDS, "node": st.sampled_from(["n1", "n2"])}),
+    "vm.unplaceable": st.fixed_dictionaries({"id": VM_IDS, "reason": st.just("full")}),
+    "vm.start": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.shutdown": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.stop": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.reset": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.reboot": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.delete": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.report": st.fixed_dictionaries(
+        {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
+        optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3)},
+    ),
 }
 
 
@@ -64,15 +110,29 @@ def test_strategies_cover_every_command() -> None:
     assert set(ARGS) == set(REGISTRY)
 
 
-COMMANDS = st.sampled_from(sorted(ARGS)).flatmap(
-    lambda op: st.tuples(st.just(op), ARGS[op], st.sampled_from(["a", "b", "c", "d", "e", "f"]), st.floats(900, 6000))
+# the VM lifecycle has the most states: draw its commands more often
+WEIGHTED_OPS = sorted(ARGS) + [op for op in sorted(ARGS) if op.startswith("vm.")] * 3
+COMMANDS = st.sampled_from(WEIGHTED_OPS).flatmap(
+    lambda op: st.tuples(st.just(op), ARGS[op], st.integers(0, 300).map(lambda i: f"r{i}"), st.floats(900, 6000))
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.lists(COMMANDS, max_size=40))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(COMMANDS, max_size=60))
 def test_two_replicas_applying_the_same_commands_agree(cmds: list[tuple[str, dict[str, Any], str, float]]) -> None:
     first, second = Replica(), Replica()
+    setup = [
+        ("cluster.init", init_args(node={"name": "n1", "raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001"})),
+        ("node.register", {"name": "n1", "roles": ["hypervisor"], "inventory": {"cpus": 8, "ram_mb": 16384, "disk_gb": 100.0}}),
+        ("node.heartbeat", {"name": "n1"}),
+        ("node.status_set", {"name": "n1", "status": "up", "observed_seq": 1}),
+        ("user.create", {"name": "bob", "role": "user", "password_hash": PW_HASH}),
+        ("flavor.create", {"name": "s", "vcpus": 1, "ram_mb": 512, "disk_gb": 5}),
+    ]
+    for i, (op, args) in enumerate(setup):
+        raw = make_command(op, args, f"setup{i}", 800.0)
+        first.apply(raw)
+        second.apply(raw)
     for op, args, rid, ts in cmds:
         raw = make_command(op, args, rid, ts)
         assert first.apply(raw) == second.apply(raw)

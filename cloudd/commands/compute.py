@@ -1,0 +1,322 @@
+"""Flavors, images and VMs: what users ask for and what agents report back.
+
+Users change a VM's *desired* state (power, actions); agents report its *observed*
+state; the lifecycle state (``cloudd.model.vm``) moves only along allowed transitions,
+and a user action that would take a forbidden one is a 409 naming the current state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cloudd.alloc.placement import Demand, capacity, eligible, fits, largest_possible, used
+from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
+from cloudd.commands.registry import Context, command
+from cloudd.errors import CloudError
+from cloudd.model.state import State
+from cloudd.model.vm import POWER_STATES, move
+from cloudd.validate import HOSTNAME_RE, Field
+
+VCPUS = Field("int", min=1, max=256)
+RAM_MB = Field("int", min=64, max=4 << 20)
+DISK_GB = Field("num", min=1, max=64 << 10)
+FLAVOR_NAME = Field("str", pattern=re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$"))
+SSH_KEY = Field("str", max_len=16 << 10, check=lambda v: None if v.startswith(("ssh-", "ecdsa-", "sk-")) else "is not an SSH public key")
+
+
+def get_vm(state: State, vm_id: str) -> dict[str, Any]:
+    vm = state.vms.get(vm_id)
+    if vm is None:
+        raise CloudError("not_found", f"VM {vm_id} not found")
+    return vm
+
+
+@command("flavor.create", {"name": FLAVOR_NAME, "vcpus": VCPUS, "ram_mb": RAM_MB, "disk_gb": DISK_GB})
+def flavor_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Define a named size."""
+    require_initialized(state)
+    if args["name"] in state.flavors:
+        raise CloudError("conflict", f"flavor {args['name']} already exists")
+    state.flavors[args["name"]] = {**args, "created_at": ctx.ts}
+    return dict(state.flavors[args["name"]])
+
+
+@command("flavor.delete", {"name": FLAVOR_NAME})
+def flavor_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Remove a flavor; VMs created from it keep their sizes."""
+    if args["name"] not in state.flavors:
+        raise CloudError("not_found", f"flavor {args['name']} not found")
+    del state.flavors[args["name"]]
+    return {"name": args["name"]}
+
+
+@command(
+    "image.register",
+    {
+        "id": OBJECT_ID,
+        "name": Field("str", max_len=128),
+        "owner": USER_NAME,
+        "public": Field("bool"),
+        "format": Field("str", choices=("qcow2", "raw")),
+        "path": Field("str", max_len=4096, check=lambda v: None if v.startswith("/") and "\x00" not in v else "must be an absolute path"),
+        "size_gb": Field("num", min=0, max=64 << 10),
+        "min_disk_gb": Field("num", min=0, max=64 << 10, required=False),
+        "min_ram_mb": Field("int", min=0, max=4 << 20, required=False),
+        "os": Field("str", max_len=64, required=False),
+    },
+    target="id",
+)
+def image_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Record an OS disk template (the file must exist on every hypervisor at ``path``)."""
+    require_initialized(state)
+    if args["id"] in state.images:
+        raise CloudError("conflict", f"image {args['id']} already exists")
+    if any(i["name"] == args["name"] and i["owner"] == args["owner"] for i in state.images.values()):
+        raise CloudError("conflict", f"an image named {args['name']} already exists")
+    image = {"min_disk_gb": 0, "min_ram_mb": 0, "os": None, **args, "created_at": ctx.ts}
+    state.images[args["id"]] = image
+    return dict(image)
+
+
+@command("image.delete", {"id": OBJECT_ID}, target="id")
+def image_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Unregister an image; refused while a VM's disk is based on it."""
+    if args["id"] not in state.images:
+        raise CloudError("not_found", f"image {args['id']} not found")
+    users = sorted(vm["name"] for vm in state.vms.values() if vm.get("image") == args["id"])
+    if users:
+        raise CloudError("conflict", f"image {args['id']} is used by VMs: {', '.join(users[:5])}", {"vms": users})
+    del state.images[args["id"]]
+    return {"id": args["id"]}
+
+
+@command(
+    "vm.create",
+    {
+        "id": OBJECT_ID,
+        "name": Field("str", pattern=HOSTNAME_RE),
+        "owner": USER_NAME,
+        "flavor": Field("str", max_len=64, required=False),
+        "vcpus": Field("int", min=-(1 << 20), max=1 << 20, required=False),
+        "ram_mb": Field("int", min=-(1 << 40), max=1 << 40, required=False),
+        "disk_gb": Field("num", min=-(1 << 40), max=1 << 40, required=False),
+        "image": Field("str", pattern=OBJECT_ID.pattern, nullable=True, required=False),
+        "power": Field("str", choices=("running", "stopped"), required=False),
+        "ha": Field("bool", required=False),
+        "ha_priority": Field("int", min=0, max=100, required=False),
+        "ssh_keys": Field("list", max_len=16, item=SSH_KEY, required=False),
+        "user_data": Field("str", max_len=64 << 10, required=False),
+    },
+    target="id",
+)
+def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Accept a VM; the leader places it, the node's agent creates it."""
+    require_initialized(state)
+    if args["id"] in state.vms:
+        raise CloudError("conflict", f"VM {args['id']} already exists")
+    if args["owner"] not in state.users:
+        raise CloudError("not_found", f"user {args['owner']} not found")
+    if any(vm["name"] == args["name"] and vm["owner"] == args["owner"] for vm in state.vms.values()):
+        raise CloudError("conflict", f"you already have a VM named {args['name']}")
+    sizes = {}
+    if "flavor" in args:
+        flavor = state.flavors.get(args["flavor"])
+        if flavor is None:
+            raise CloudError("not_found", f"flavor {args['flavor']} not found")
+        sizes = {k: flavor[k] for k in ("vcpus", "ram_mb", "disk_gb")}
+    for key, spec in (("vcpus", VCPUS), ("ram_mb", RAM_MB), ("disk_gb", DISK_GB)):
+        if key in args:
+            sizes[key] = args[key]
+        if key not in sizes:
+            raise CloudError("invalid", f"give a flavor or {key}", {"field": key})
+        value = sizes[key]
+        if value < spec.min:
+            raise CloudError("invalid", f"{key} must be at least {spec.min:g}", {"field": key})
+    image = None
+    if args.get("image"):
+        image = state.images.get(args["image"])
+        if image is None or not (image["public"] or image["owner"] == args["owner"]):
+            raise CloudError("not_found", f"image {args['image']} not found")
+        if sizes["disk_gb"] < max(image["min_disk_gb"], image["size_gb"]):
+            raise CloudError("invalid", f"image {image['name']} needs a disk of at least {max(image['min_disk_gb'], image['size_gb']):g} GB")
+        if sizes["ram_mb"] < image["min_ram_mb"]:
+            raise CloudError("invalid", f"image {image['name']} needs at least {image['min_ram_mb']} MiB of RAM")
+    biggest = largest_possible(state.nodes)
+    for key, have in (("vcpus", biggest.vcpus), ("ram_mb", biggest.ram_mb), ("disk_gb", biggest.disk_gb)):
+        if sizes[key] > have:
+            raise CloudError("invalid", f"{key}={sizes[key]:g} is more than any hypervisor has ({have:g})", {"field": key})
+    vm = {
+        "id": args["id"],
+        "name": args["name"],
+        "owner": args["owner"],
+        "flavor": args.get("flavor"),
+        **sizes,
+        "image": args.get("image"),
+        "ha": args.get("ha", False),
+        "ha_priority": args.get("ha_priority", 0),
+        "ssh_keys": args.get("ssh_keys", []),
+        "user_data": args.get("user_data"),
+        "node": None,
+        "state": "pending",
+        "state_since": ctx.ts,
+        "state_reason": None,
+        "desired": {"power": args.get("power", "running"), "action": None, "action_seq": 0, "stop_mode": "clean"},
+        "observed": {"power": None, "ts": None, "error": None, "vnc_port": None},
+        "error": None,
+        "created_at": ctx.ts,
+    }
+    state.vms[args["id"]] = vm
+    return {"id": vm["id"], "name": vm["name"], "state": vm["state"]}
+
+
+@command("vm.place", {"id": OBJECT_ID, "node": NODE_NAME}, target="id")
+def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """The leader assigns a pending VM to a node with room (checked again here)."""
+    vm = get_vm(state, args["id"])
+    node = get_node(state, args["node"])
+    if vm["state"] != "pending":
+        raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}, not pending", {"state": vm["state"]})
+    reason = eligible(node) or fits(node, Demand(vm["vcpus"], vm["ram_mb"], vm["disk_gb"]), used(node["name"], state.vms.values()))
+    if reason:
+        raise CloudError("conflict", f"node {node['name']} cannot take VM {vm['name']}: {reason}")
+    vm["node"] = node["name"]
+    move(vm, "creating", ctx.ts, f"placed on {node['name']}")
+    return {"id": vm["id"], "node": vm["node"], "state": vm["state"]}
+
+
+@command("vm.unplaceable", {"id": OBJECT_ID, "reason": Field("str", max_len=500)}, target="id")
+def vm_unplaceable(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """The leader found no node for a pending VM; it stays pending with the reason."""
+    vm = get_vm(state, args["id"])
+    if vm["state"] != "pending":
+        raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}, not pending", {"state": vm["state"]})
+    vm["state_reason"] = args["reason"]
+    return {"id": vm["id"], "reason": args["reason"]}
+
+
+def _power_change(vm: dict[str, Any], power: str, ts: float) -> None:
+    vm["desired"]["power"] = power
+    if vm["state"] in ("pending", "creating"):
+        return  # applied when the VM is created
+    if power == "running":
+        if vm["state"] in ("running", "starting"):
+            return
+        move(vm, "starting", ts, "start requested")
+    else:
+        if vm["state"] in ("stopped", "stopping"):
+            return
+        move(vm, "stopping", ts, f"{vm['desired']['stop_mode']} stop requested")
+
+
+@command("vm.start", {"id": OBJECT_ID}, target="id")
+def vm_start(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Ask for the VM to run (a no-op when it already runs)."""
+    vm = get_vm(state, args["id"])
+    if vm["state"] in ("deleting", "migrating"):
+        move(vm, "starting", ctx.ts)  # raises the 409
+    _power_change(vm, "running", ctx.ts)
+    vm["error"] = None
+    return {"id": vm["id"], "state": vm["state"]}
+
+
+def _stop(state: State, ctx: Context, args: dict[str, Any], mode: str) -> dict[str, Any]:
+    vm = get_vm(state, args["id"])
+    if vm["state"] in ("deleting", "migrating"):
+        move(vm, "stopping", ctx.ts)  # raises the 409
+    vm["desired"]["stop_mode"] = mode
+    _power_change(vm, "stopped", ctx.ts)
+    return {"id": vm["id"], "state": vm["state"]}
+
+
+@command("vm.shutdown", {"id": OBJECT_ID}, target="id")
+def vm_shutdown(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Clean shutdown: ACPI power button, forced off after the node's timeout."""
+    return _stop(state, ctx, args, "clean")
+
+
+@command("vm.stop", {"id": OBJECT_ID}, target="id")
+def vm_stop(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Force off at once (like pulling the plug)."""
+    return _stop(state, ctx, args, "force")
+
+
+def _action(state: State, ctx: Context, args: dict[str, Any], action: str) -> dict[str, Any]:
+    vm = get_vm(state, args["id"])
+    if vm["state"] != "running":
+        raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}: {action} needs it running", {"state": vm["state"]})
+    vm["desired"]["action"] = action
+    vm["desired"]["action_seq"] += 1
+    return {"id": vm["id"], "action": action, "action_seq": vm["desired"]["action_seq"]}
+
+
+@command("vm.reset", {"id": OBJECT_ID}, target="id")
+def vm_reset(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Hard reset (the reset button)."""
+    return _action(state, ctx, args, "reset")
+
+
+@command("vm.reboot", {"id": OBJECT_ID}, target="id")
+def vm_reboot(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Ask the guest to reboot (ACPI)."""
+    return _action(state, ctx, args, "reboot")
+
+
+@command("vm.delete", {"id": OBJECT_ID}, target="id")
+def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Delete the VM: at once when never placed, else through its node's agent."""
+    vm = get_vm(state, args["id"])
+    if vm["state"] == "pending":
+        del state.vms[vm["id"]]
+        return {"id": vm["id"], "state": "deleted"}
+    move(vm, "deleting", ctx.ts, "delete requested")
+    return {"id": vm["id"], "state": vm["state"]}
+
+
+@command(
+    "vm.report",
+    {
+        "id": OBJECT_ID,
+        "node": NODE_NAME,
+        "power": Field("str", choices=POWER_STATES),
+        "error": Field("str", max_len=1000, nullable=True, required=False),
+        "vnc_port": Field("int", min=0, max=65535, nullable=True, required=False),
+        "action_seq": Field("int", min=0, required=False),
+    },
+    target="id",
+    audit=False,
+    remember=False,
+)
+def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """An agent reports what its host shows; the lifecycle follows the report."""
+    vm = get_vm(state, args["id"])
+    if vm["node"] != args["node"]:
+        raise CloudError("conflict", f"VM {vm['name']} is assigned to {vm['node']}, not {args['node']}")
+    power, error = args["power"], args.get("error")
+    vm["observed"] = {"power": power, "ts": ctx.ts, "error": error, "vnc_port": args.get("vnc_port")}
+    if args.get("action_seq") is not None and args["action_seq"] >= vm["desired"]["action_seq"]:
+        vm["desired"]["action"] = None
+    now = vm["state"]
+    if now == "deleting":
+        if power == "absent":
+            del state.vms[vm["id"]]
+            return {"id": args["id"], "state": "deleted"}
+        return {"id": vm["id"], "state": now}
+    if error:
+        vm["error"] = error
+        move(vm, "error", ctx.ts, error[:200])
+    elif power == "running" and now in ("creating", "starting", "error", "stopped"):
+        move(vm, "running", ctx.ts, "reported running")
+    elif power in ("shut_off", "crashed") and (
+        now in ("stopping", "running", "error") or (now == "creating" and vm["desired"]["power"] == "stopped")
+    ):
+        move(vm, "stopped", ctx.ts, f"reported {power}")
+    if not error and vm["state"] != "error":
+        vm["error"] = None
+    return {"id": vm["id"], "state": vm["state"], "desired": dict(vm["desired"])}
+
+
+def node_capacity_view(state: State, name: str) -> dict[str, Any]:
+    cap = capacity(state.nodes[name])
+    use = used(name, state.vms.values())
+    return {"vcpus": cap.vcpus, "ram_mb": cap.ram_mb, "disk_gb": cap.disk_gb, "used": use.__dict__}
