@@ -101,3 +101,24 @@ def test_maintenance_users_and_tokens(ctl, shared_cluster: LocalCluster) -> None
 def test_help_has_examples() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0 and "Examples:" in result.output and "cloudctl cluster status" in result.output
+
+
+def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    login(ctl, shared_cluster)
+    assert ctl("flavor", "create", "cli-small", "--vcpus", "1", "--ram", "128", "--disk", "1").exit_code == 0
+    assert "cli-small" in ctl("flavor", "list").output
+    result = ctl("image", "register", "cli-img", "--path", "/srv/images/cli.qcow2", "--size", "1")
+    assert result.exit_code == 0, result.output
+    created = json.loads(ctl("-o", "json", "vm", "create", "cli-vm", "--flavor", "cli-small", "--image", "cli-img").output)
+    assert created["state"] == "pending"
+    shown = ctl("vm", "show", "cli-vm")
+    assert shown.exit_code == 0 and created["id"] in shown.output
+    assert "cli-vm" in ctl("vm", "list").output
+    result = ctl("vm", "reset", "cli-vm")
+    assert result.exit_code == 1 and "409" in result.output
+    result = ctl("vm", "create", "cli-vm2", "--flavor", "no-such")
+    assert result.exit_code == 1 and "flavor no-such not found (404)" in result.output
+    result = ctl("-o", "json", "vm", "delete", "cli-vm", "--yes")
+    assert result.exit_code == 0 and json.loads(result.output)["state"] in ("deleted", "deleting")
+    result = ctl("vm", "show", "no-such-vm")
+    assert result.exit_code == 1 and "not found (404)" in result.output

@@ -1,0 +1,218 @@
+"""cloudctl flavor …, image …, vm …"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from cli.client import ApiError, Client, q
+from cli.output import emit
+
+FLAVOR_COLUMNS = ["name", "vcpus", "ram_mb", "disk_gb"]
+IMAGE_COLUMNS = ["id", "name", "format", "size_gb", "os", "public", "owner"]
+VM_COLUMNS = ["id", "name", "state", "node", "vcpus", "ram_mb", "disk_gb", "owner"]
+SETTLED = {"running", "stopped", "error"}
+
+
+def wait_for_vm(client: Client, vm_id: str, want: set[str] | None, timeout: float, gone_ok: bool = False) -> dict[str, Any] | None:
+    """Poll a VM until its state is in ``want`` (or it is gone, with ``gone_ok``)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            vm = client.request("GET", f"/api/v1/vms/{q(vm_id)}")
+        except ApiError as exc:
+            if gone_ok and exc.status == 404:
+                click.echo("deleted", err=True)
+                return None
+            raise
+        if vm["state"] != last:
+            last = vm["state"]
+            reason = f" ({vm['state_reason']})" if vm.get("state_reason") else ""
+            click.echo(f"{vm['name']}: {vm['state']}{reason}", err=True)
+        if want is not None and vm["state"] in want:
+            if vm["state"] == "error" and "error" not in want:
+                raise ApiError(0, "vm_error", f"VM {vm['name']} failed: {vm.get('error')}")
+            return vm
+        if vm["state"] == "error" and (want is None or "error" not in want):
+            raise ApiError(409, "vm_error", f"VM {vm['name']} failed: {vm.get('error')}")
+        if time.monotonic() > deadline:
+            raise ApiError(0, "timeout", f"gave up waiting after {timeout:g}s: VM {vm['name']} is {vm['state']}")
+        time.sleep(0.5)
+
+
+def register(cli: click.Group) -> None:
+    from cli.cloudctl import Ctx, pass_ctx, run
+
+    wait_option = click.option("--wait", is_flag=True, help="Wait until the VM reaches the resulting state, showing progress.")
+    timeout_option = click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait waits.")
+
+    @cli.group()
+    def flavor() -> None:
+        """Flavors: named VM sizes."""
+
+    @flavor.command("list")
+    @pass_ctx
+    def flavor_list(ctx: Ctx) -> None:
+        """List flavors."""
+        run(lambda: emit(ctx.client().request("GET", "/api/v1/flavors", params={"limit": 1000})["items"], ctx.output, FLAVOR_COLUMNS))
+
+    @flavor.command("create")
+    @click.argument("name")
+    @click.option("--vcpus", type=int, required=True)
+    @click.option("--ram", "ram_mb", type=int, required=True, help="MiB")
+    @click.option("--disk", "disk_gb", type=float, required=True, help="GB")
+    @pass_ctx
+    def flavor_create(ctx: Ctx, name: str, vcpus: int, ram_mb: int, disk_gb: float) -> None:
+        """Create a flavor (admin).  Example: cloudctl flavor create small --vcpus 1 --ram 512 --disk 5"""
+        body = {"name": name, "vcpus": vcpus, "ram_mb": ram_mb, "disk_gb": disk_gb}
+        run(lambda: emit(ctx.client().request("POST", "/api/v1/flavors", body), ctx.output))
+
+    @flavor.command("delete")
+    @click.argument("name")
+    @pass_ctx
+    def flavor_delete(ctx: Ctx, name: str) -> None:
+        """Delete a flavor (admin); VMs keep their sizes."""
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/flavors/{q(name)}"), ctx.output))
+
+    @cli.group()
+    def image() -> None:
+        """Images: OS disk templates."""
+
+    @image.command("list")
+    @pass_ctx
+    def image_list(ctx: Ctx) -> None:
+        """List the images you can use."""
+        run(lambda: emit(ctx.client().request("GET", "/api/v1/images", params={"limit": 1000})["items"], ctx.output, IMAGE_COLUMNS))
+
+    @image.command("register")
+    @click.argument("name")
+    @click.option("--path", required=True, help="Absolute path of the image file on every hypervisor.")
+    @click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True)
+    @click.option("--size", "size_gb", type=float, required=True, help="Virtual size in GB.")
+    @click.option("--os", "os_name", default=None)
+    @click.option("--min-ram", "min_ram_mb", type=int, default=None, help="MiB")
+    @click.option("--private", is_flag=True, help="Only you (and admins) can use it.")
+    @pass_ctx
+    def image_register(ctx: Ctx, name: str, path: str, fmt: str, size_gb: float, os_name: str | None, min_ram_mb: int | None, private: bool) -> None:
+        """Register an image file (admin)."""
+        body: dict[str, Any] = {"name": name, "path": path, "format": fmt, "size_gb": size_gb, "public": not private}
+        if os_name:
+            body["os"] = os_name
+        if min_ram_mb is not None:
+            body["min_ram_mb"] = min_ram_mb
+        run(lambda: emit(ctx.client().request("POST", "/api/v1/images", body), ctx.output))
+
+    @image.command("delete")
+    @click.argument("image_id")
+    @pass_ctx
+    def image_delete(ctx: Ctx, image_id: str) -> None:
+        """Unregister an image (refused while VMs use it)."""
+        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/images/{q(image_id)}"), ctx.output))
+
+    @cli.group()
+    def vm() -> None:
+        """Virtual machines: create, list, show, start, stop, shutdown, reset, reboot, delete.
+
+        \b
+        Examples:
+          cloudctl vm create web1 --flavor small --image tiny --wait
+          cloudctl vm shutdown web1 --wait
+          cloudctl vm list -o json
+        """
+
+    @vm.command("list")
+    @click.option("--all", "everyone", is_flag=True, help="Every user's VMs (admin).")
+    @click.option("--state", default=None)
+    @click.option("--node", default=None)
+    @pass_ctx
+    def vm_list(ctx: Ctx, everyone: bool, state: str | None, node: str | None) -> None:
+        """List your VMs."""
+        params: dict[str, Any] = {"limit": 1000, "all": "true" if everyone else "false"}
+        if state:
+            params["state"] = state
+        if node:
+            params["node"] = node
+        run(lambda: emit(ctx.client().request("GET", "/api/v1/vms", params=params)["items"], ctx.output, VM_COLUMNS))
+
+    @vm.command("show")
+    @click.argument("vm")
+    @pass_ctx
+    def vm_show(ctx: Ctx, vm: str) -> None:
+        """Everything about one VM (by name or id)."""
+        run(lambda: emit(ctx.client().request("GET", f"/api/v1/vms/{q(vm)}"), ctx.output))
+
+    @vm.command("create")
+    @click.argument("name")
+    @click.option("--flavor", default=None)
+    @click.option("--vcpus", type=int, default=None)
+    @click.option("--ram", "ram_mb", type=int, default=None, help="MiB")
+    @click.option("--disk", "disk_gb", type=float, default=None, help="GB")
+    @click.option("--image", default=None, help="Image name or id.")
+    @click.option("--ssh-key", "ssh_keys", multiple=True, help="An SSH public key (repeatable).")
+    @click.option("--ha/--no-ha", default=False, help="Restart it elsewhere when its node dies.")
+    @click.option("--stopped", is_flag=True, help="Create it without starting it.")
+    @wait_option
+    @timeout_option
+    @pass_ctx
+    def vm_create(ctx: Ctx, name: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, image: str | None, ssh_keys: tuple[str, ...], ha: bool, stopped: bool, wait: bool, timeout: float) -> None:
+        """Create a VM from a flavor (or explicit sizes) and an image."""
+        body: dict[str, Any] = {"name": name, "ha": ha, "power": "stopped" if stopped else "running"}
+        for key, value in (("flavor", flavor), ("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb), ("image", image)):
+            if value is not None:
+                body[key] = value
+        if ssh_keys:
+            body["ssh_keys"] = list(ssh_keys)
+
+        def go() -> None:
+            client = ctx.client()
+            created = client.request("POST", "/api/v1/vms", body)
+            if wait:
+                created = wait_for_vm(client, created["id"], {"stopped"} if stopped else {"running"}, timeout) or created
+            emit(created, ctx.output)
+
+        run(go)
+
+    def action_command(action: str, want: set[str] | None, doc: str) -> None:
+        @vm.command(action, help=doc)
+        @click.argument("vm_ref", metavar="VM")
+        @wait_option
+        @timeout_option
+        @pass_ctx
+        def command(ctx: Ctx, vm_ref: str, wait: bool, timeout: float) -> None:
+            def go() -> None:
+                client = ctx.client()
+                result = client.request("POST", f"/api/v1/vms/{q(vm_ref)}/{action}")
+                if wait and want is not None:
+                    result = wait_for_vm(client, result["id"], want, timeout) or result
+                emit(result, ctx.output)
+
+            run(go)
+
+    action_command("start", {"running"}, "Start a VM.")
+    action_command("shutdown", {"stopped"}, "Shut a VM down cleanly (ACPI), forced after a timeout.")
+    action_command("stop", {"stopped"}, "Force a VM off at once.")
+    action_command("reset", None, "Hard-reset a running VM.")
+    action_command("reboot", None, "Ask a running VM's guest to reboot.")
+
+    @vm.command("delete")
+    @click.argument("vm_ref", metavar="VM")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @wait_option
+    @timeout_option
+    @pass_ctx
+    def vm_delete(ctx: Ctx, vm_ref: str, yes: bool, wait: bool, timeout: float) -> None:
+        """Delete a VM and its local disks."""
+        if not yes:
+            click.confirm(f"delete VM {vm_ref} and its disks?", abort=True)
+
+        def go() -> None:
+            client = ctx.client()
+            result = client.request("DELETE", f"/api/v1/vms/{q(vm_ref)}")
+            if wait and result.get("state") != "deleted":
+                wait_for_vm(client, result["id"], None, timeout, gone_ok=True)
+            emit(result, ctx.output)
+
+        run(go)

@@ -1,0 +1,111 @@
+"""Flavors, images and VMs through the API of a real cluster (no host driver acts yet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster.harness import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def users(shared_cluster: LocalCluster) -> dict[str, httpx.Client]:
+    with shared_cluster.api("node1") as admin:
+        admin.post("/api/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).raise_for_status()
+        admin.post("/api/v1/images", json={"name": "busybox", "path": "/var/lib/cloudd/images/busybox.qcow2", "format": "qcow2", "size_gb": 1}).raise_for_status()
+        for name in ("erin", "frank"):
+            admin.post("/api/v1/users", json={"name": name, "password": f"{name}-pass-1"}).raise_for_status()
+    clients = {}
+    for name in ("erin", "frank"):
+        token = httpx.post(shared_cluster.nodes["node1"].url + "/api/v1/auth/login", json={"username": name, "password": f"{name}-pass-1"}).json()["token"]
+        clients[name] = httpx.Client(base_url=shared_cluster.nodes["node2"].url, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+    wait_for(lambda: all(c.get("/api/v1/auth/whoami").status_code == 200 for c in clients.values()), what="tokens replicated")
+    return clients
+
+
+def vm_of(client: httpx.Client, ref: str, index: str | None = None) -> dict[str, Any]:
+    reply = client.get(f"/api/v1/vms/{ref}", params={"min_index": index} if index else {})
+    reply.raise_for_status()
+    return reply.json()
+
+
+def test_a_user_creates_a_vm_and_the_leader_places_it(shared_cluster: LocalCluster, users: dict[str, httpx.Client]) -> None:
+    erin = users["erin"]
+    reply = erin.post("/api/v1/vms", json={"name": "web1", "flavor": "tiny", "image": "busybox"})
+    assert reply.status_code == 202, reply.text
+    vm = reply.json()
+    assert vm["state"] == "pending" and vm["owner"] == "erin" and vm["ram_mb"] == 128
+    placed = wait_for(lambda: (v := vm_of(erin, "web1"))["state"] == "creating" and v, what="VM placed")
+    assert placed["node"] in shared_cluster.nodes
+    listed = erin.get("/api/v1/vms").json()["items"]
+    assert [v["name"] for v in listed] == ["web1"]
+
+
+def test_other_users_cannot_see_or_touch_it(shared_cluster: LocalCluster, users: dict[str, httpx.Client]) -> None:
+    erin, frank = users["erin"], users["frank"]
+    created = erin.post("/api/v1/vms", json={"name": "private1", "flavor": "tiny"})
+    vm_id = created.json()["id"]
+    index = created.headers["X-Cloudd-Index"]
+    assert frank.get(f"/api/v1/vms/{vm_id}", params={"min_index": index}).status_code == 404
+    assert frank.get("/api/v1/vms/private1").status_code == 404
+    for action in ("start", "stop", "reset"):
+        assert frank.post(f"/api/v1/vms/{vm_id}/{action}").status_code == 404
+    assert frank.delete(f"/api/v1/vms/{vm_id}").status_code == 404
+    assert all(v["owner"] == "frank" for v in frank.get("/api/v1/vms", params={"all": "true"}).json()["items"])
+    assert frank.get("/api/v1/vms", params={"owner": "erin"}).status_code == 403
+    assert vm_of(erin, vm_id)["state"] in ("pending", "creating")
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"name": "x1", "flavor": "nope"}, 404, "flavor nope"),
+        ({"name": "x2", "flavor": "tiny", "image": "nope"}, 404, "image nope"),
+        ({"name": "Bad_Name", "flavor": "tiny"}, 400, "name"),
+        ({"name": "x3", "vcpus": 0, "ram_mb": 128, "disk_gb": 1}, 400, "vcpus"),
+        ({"name": "x4", "vcpus": 1, "ram_mb": -1, "disk_gb": 1}, 400, "ram_mb"),
+        ({"name": "x5", "vcpus": 4096, "ram_mb": 128, "disk_gb": 1}, 400, "more than any hypervisor"),
+        ({"name": "x6", "vcpus": 1, "ram_mb": 1 << 30, "disk_gb": 1}, 400, "more than any hypervisor"),
+        ({"name": "x7"}, 400, "give a flavor"),
+        ({"name": "x8", "flavor": "tiny", "owner": "frank"}, 403, "admins"),
+        ({"name": "x9", "flavor": "tiny", "colour": "red"}, 400, "unknown field"),
+        ({"name": "x10", "flavor": "tiny", "ssh_keys": ["hello"]}, 400, "SSH"),
+    ],
+)
+def test_bad_vm_requests_are_4xx_and_create_nothing(users: dict[str, httpx.Client], body: dict, status: int, words: str) -> None:
+    erin = users["erin"]
+    before = sorted(v["id"] for v in erin.get("/api/v1/vms").json()["items"])
+    reply = erin.post("/api/v1/vms", json=body)
+    assert reply.status_code == status, reply.text
+    assert words in reply.json()["error"]["message"]
+    assert sorted(v["id"] for v in erin.get("/api/v1/vms").json()["items"]) == before
+
+
+def test_forbidden_transitions_are_409_with_the_state(users: dict[str, httpx.Client]) -> None:
+    erin = users["erin"]
+    vm_id = erin.post("/api/v1/vms", json={"name": "edgy", "flavor": "tiny"}).json()["id"]
+    reply = erin.post(f"/api/v1/vms/{vm_id}/reset")
+    assert reply.status_code == 409
+    assert reply.json()["error"]["details"]["state"] in ("pending", "creating")
+    assert erin.post(f"/api/v1/vms/{vm_id}/explode").status_code == 404
+    deleted = erin.delete(f"/api/v1/vms/{vm_id}")
+    assert deleted.status_code == 202
+    state = deleted.json()["state"]
+    if state == "deleting":
+        assert erin.post(f"/api/v1/vms/{vm_id}/start").status_code == 409
+
+
+def test_flavors_and_images_are_managed_by_admins(shared_cluster: LocalCluster, users: dict[str, httpx.Client]) -> None:
+    erin = users["erin"]
+    assert erin.post("/api/v1/flavors", json={"name": "mine", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).status_code == 403
+    assert erin.post("/api/v1/images", json={"name": "etc", "path": "/etc/shadow", "format": "raw", "size_gb": 1}).status_code == 403
+    assert "tiny" in [f["name"] for f in erin.get("/api/v1/flavors").json()["items"]]
+    image = next(i for i in erin.get("/api/v1/images").json()["items"] if i["name"] == "busybox")
+    with shared_cluster.api("node3") as admin:
+        assert admin.delete(f"/api/v1/images/{image['id']}").status_code == 409  # web1 uses it
+        bad = admin.post("/api/v1/images", json={"name": "rel", "path": "relative/path", "format": "raw", "size_gb": 1})
+        assert bad.status_code == 400 and "absolute" in bad.json()["error"]["message"]
