@@ -8,6 +8,9 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 RUN=$ROOT/run
 NODES=3
+# Each node's hypervisor. qemu under an embedded libvirt is next; until then libvirt's
+# test driver simulates the hypervisors (VMs go through their whole lifecycle, no guest runs).
+COMPUTE_URI=test:///default
 api_addr() { echo "127.0.0.1:$((8400 + $1))"; }
 raft_addr() { echo "127.0.0.1:$((8500 + $1))"; }
 
@@ -57,7 +60,7 @@ PY
 
 if [ ! -f "$RUN/node1/node.json" ]; then
   "$CLOUDD" init --data-dir "$RUN/node1" --name node1 --api-addr "$(api_addr 1)" --raft-addr "$(raft_addr 1)" \
-    --cluster-name quickstart --password-file "$RUN/admin-password" > "$RUN/init.txt"
+    --cluster-name quickstart --password-file "$RUN/admin-password" --compute-uri "$COMPUTE_URI" > "$RUN/init.txt"
 fi
 # restart every node that exists first: a lone restarted node has no quorum
 for i in $(seq 1 $NODES); do
@@ -68,7 +71,7 @@ for i in $(seq 2 $NODES); do
   if [ ! -f "$RUN/node$i/node.json" ]; then
     token=$("$CLOUDD" token --data-dir "$RUN/node1")
     "$CLOUDD" join "$(api_addr 1)" --token "$token" --data-dir "$RUN/node$i" --name "node$i" \
-      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" > /dev/null
+      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" --compute-uri "$COMPUTE_URI" > /dev/null
     start "$i"
   fi
 done
@@ -88,4 +91,5 @@ cloudd is running: $NODES nodes on this machine.
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
+  Hypervisors:     libvirt's test driver (VMs are simulated; real qemu guests are not wired in yet)
 TXT

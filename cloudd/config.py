@@ -36,6 +36,19 @@ class RaftSettings:
 
 
 @dataclass
+class ComputeSettings:
+    """This hypervisor's libvirt: ``qemu:///system`` in production; ``test:///default``
+    (libvirt's simulated hypervisor: no guest really runs) where qemu is missing."""
+
+    uri: str = "qemu:///system"
+    domain_type: str = "kvm"
+    drift: str = "repair"
+    shutdown_timeout_s: float = 60.0
+    vnc_listen: str = "127.0.0.1"
+    reconcile_interval_s: float = 2.0
+
+
+@dataclass
 class NodeConfig:
     name: str
     cluster_id: str
@@ -47,6 +60,7 @@ class NodeConfig:
     roles: list[str] = field(default_factory=lambda: ["hypervisor", "storage"])
     timings: Timings = field(default_factory=Timings)
     raft: RaftSettings = field(default_factory=RaftSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
     data_dir: str = ""
 
     @property
@@ -77,7 +91,8 @@ class NodeConfig:
             raise SystemExit(f"{path} not found: run 'cloudd init' or 'cloudd join' first") from None
         timings = Timings(**data.pop("timings", {}))
         raft = RaftSettings(**data.pop("raft", {}))
-        return cls(**data, timings=timings, raft=raft, data_dir=str(Path(data_dir).resolve()))
+        compute = ComputeSettings(**data.pop("compute", {}))
+        return cls(**data, timings=timings, raft=raft, compute=compute, data_dir=str(Path(data_dir).resolve()))
 
 
 def write_secret(data_dir: str | Path, secret: str) -> None:

@@ -15,7 +15,9 @@ import uvicorn
 from cloudd.agent import Agent
 from cloudd.config import NodeConfig, read_secret
 from cloudd.manager import Manager
+from cloudd.ops.libvirt_compute import LibvirtCompute
 from cloudd.raft.node import ReplicatedState
+from cloudd.reconcile import ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
 from cloudd.web.app import create_app
@@ -76,6 +78,27 @@ def _remember_peers(runtime: NodeRuntime) -> None:
         runtime.config.save()
 
 
+def make_reconciler(config: NodeConfig) -> VmReconciler | None:
+    """The VM reconcile loop of a hypervisor node (None on storage-only nodes)."""
+    if "hypervisor" not in config.roles:
+        return None
+    settings = config.compute
+    if settings.uri.startswith("test:"):
+        log.warning("compute: libvirt's TEST driver (%s): VMs are simulated by libvirt, no guest really runs", settings.uri)
+    else:
+        log.info("compute: libvirt at %s, domain type %s", settings.uri, settings.domain_type)
+    return VmReconciler(
+        LibvirtCompute(settings.uri),
+        ReconcileSettings(
+            domain_type=settings.domain_type,
+            vnc_listen=settings.vnc_listen,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            drift=settings.drift,
+            vm_dir=str(Path(config.data_dir) / "vms"),
+        ),
+    )
+
+
 async def serve_async(config: NodeConfig, secret: str) -> None:
     raft = open_replica(config, secret)
     runtime = NodeRuntime.build(config, secret, raft)
@@ -96,11 +119,14 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     stop = asyncio.Event()
     agent = Agent(config.data_dir, config.roles)
     manager = Manager(config.timings)
+    reconciler = make_reconciler(config)
     tasks = [
         asyncio.create_task(_every(config.timings.heartbeat_interval, lambda: agent.step(runtime.env), stop)),
         asyncio.create_task(_every(config.timings.manager_interval, lambda: manager.step(runtime.env), stop)),
         asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(_remember_peers, runtime), stop)),
     ]
+    if reconciler is not None:
+        tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, lambda: reconciler.step(runtime.env), stop)))
     log.info("node %s serving the API on http://%s (raft %s, %s)", config.name, config.api_addr, config.raft_addr, config.membership)
     try:
         await server.serve()

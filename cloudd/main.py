@@ -15,7 +15,7 @@ import click
 import httpx
 import orjson
 
-from cloudd.config import NodeConfig, Timings, read_secret, write_secret
+from cloudd.config import ComputeSettings, NodeConfig, Timings, read_secret, write_secret
 from cloudd.errors import CloudError
 from cloudd.security import generate_password, hash_password, join_proof, open_for_joiner, sign_node_request
 
@@ -54,6 +54,12 @@ def cli(verbose: bool) -> None:
                    cloudd serve
     """
     _setup_logging(verbose)
+
+
+def compute_settings(uri: str, domain_type: str | None) -> ComputeSettings:
+    if domain_type is None:
+        domain_type = "test" if uri.startswith("test:") else "kvm"
+    return ComputeSettings(uri=uri, domain_type=domain_type)
 
 
 def _check_bindable(label: str, addr: str) -> None:
@@ -118,7 +124,9 @@ async def _bootstrap(config: NodeConfig, secret: str, admin: str, password_hash:
 @click.option("--admin", "admin_name", default="admin", show_default=True, help="Name of the first admin user.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="Write the admin password here (0600) instead of printing it.")
 @click.option("--roles", default="hypervisor,storage", show_default=True)
-def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str) -> None:
+@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor (test:///default: libvirt's simulated hypervisor).")
+@click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None, help="kvm (default), qemu (software/TCG) or test (with test:///default).")
+def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None) -> None:
     """Create a new cluster with this node as its first voter and an admin user."""
     from cloudd.validate import ADDRESS_RE, HOSTNAME_RE, USERNAME_RE
 
@@ -144,6 +152,7 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
         api_peers=[api_addr],
         roles=[r for r in roles.split(",") if r],
         timings=Timings(),
+        compute=compute_settings(compute_uri, domain_type),
         data_dir=str(path.resolve()),
     )
     password = generate_password()
@@ -178,7 +187,9 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
 @click.option("--raft-addr", default=None, help="Needed to become a voter; without it the node joins as a non-voting replica.")
 @click.option("--as", "want", type=click.Choice(["auto", "voter", "replica"]), default="auto", show_default=True)
 @click.option("--roles", default="hypervisor,storage", show_default=True)
-def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str) -> None:
+@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor.")
+@click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
+def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None) -> None:
     """Join the cluster that serves its API at ADDRESS (host:port)."""
     parts = token.strip().split(".")
     if len(parts) != 3 or parts[0] != "cdj":
@@ -216,6 +227,7 @@ def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft
         peers=data["voters"],
         api_peers=data["api_addrs"],
         roles=[r for r in roles.split(",") if r],
+        compute=compute_settings(compute_uri, domain_type),
         data_dir=str(path.resolve()),
     )
     write_secret(path, secret)

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates)
+# libvirt-dev + pkg-config + gcc build libvirt-python against Debian's libvirt
+DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev)
 
 missing=()
 for pkg in "${DEBS[@]}"; do

@@ -305,7 +305,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     elif power == "running" and now in ("creating", "starting", "error", "stopped"):
         move(vm, "running", ctx.ts, "reported running")
     elif power in ("shut_off", "crashed") and (
-        now in ("stopping", "running", "error") or (now == "creating" and vm["desired"]["power"] == "stopped")
+        now in ("stopping", "running") or (now == "creating" and vm["desired"]["power"] == "stopped")
     ):
         move(vm, "stopped", ctx.ts, f"reported {power}")
     if not error and vm["state"] != "error":

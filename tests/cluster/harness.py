@@ -24,6 +24,8 @@ import orjson
 BIN = Path(sys.executable).parent
 CLOUDD = str(BIN / "cloudd")
 
+# libvirt's simulated hypervisor, one per cloudd process (real guests: tests/e2e)
+COMPUTE_URI = "test:///default"
 FAST_TIMINGS = {"heartbeat_interval": 0.5, "suspect_after": 2.0, "down_after": 4.0, "manager_interval": 0.25}
 
 
@@ -136,6 +138,7 @@ class LocalCluster:
         out = self.run_cloudd(
             "init", "--data-dir", str(first.data_dir), "--name", "node1", "--api-addr", first.api_addr,
             "--raft-addr", first.raft_addr, "--max-voters", str(max_voters), "--password-file", str(password_file),
+            "--compute-uri", COMPUTE_URI,
         )
         assert out.returncode == 0, out.stderr
         self.password = password_file.read_text().strip()
@@ -153,7 +156,7 @@ class LocalCluster:
         token = self.api(via).post("/api/v1/cluster/join-tokens", json={}).json()["token"]
         out = self.run_cloudd(
             "join", self.nodes[via].api_addr, "--token", token, "--data-dir", str(node.data_dir), "--name", name,
-            "--api-addr", node.api_addr, "--raft-addr", node.raft_addr, "--as", want,
+            "--api-addr", node.api_addr, "--raft-addr", node.raft_addr, "--as", want, "--compute-uri", COMPUTE_URI,
         )
         assert out.returncode == 0, out.stderr
         self._set_timings(node)

@@ -109,7 +109,7 @@ def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None
     assert "cli-small" in ctl("flavor", "list").output
     result = ctl("image", "register", "cli-img", "--path", "/srv/images/cli.qcow2", "--size", "1")
     assert result.exit_code == 0, result.output
-    created = json.loads(ctl("-o", "json", "vm", "create", "cli-vm", "--flavor", "cli-small", "--image", "cli-img").output)
+    created = json.loads(ctl("-o", "json", "vm", "create", "cli-vm", "--flavor", "cli-small", "--image", "cli-img", "--stopped").output)
     assert created["state"] == "pending"
     shown = ctl("vm", "show", "cli-vm")
     assert shown.exit_code == 0 and created["id"] in shown.output
@@ -122,3 +122,15 @@ def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None
     assert result.exit_code == 0 and json.loads(result.output)["state"] in ("deleted", "deleting")
     result = ctl("vm", "show", "no-such-vm")
     assert result.exit_code == 1 and "not found (404)" in result.output
+
+
+def test_vm_create_wait_shows_progress_until_running(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    login(ctl, shared_cluster)
+    ctl("flavor", "create", "cli-wait", "--vcpus", "1", "--ram", "128", "--disk", "1")
+    result = ctl("-o", "json", "vm", "create", "waiter", "--flavor", "cli-wait", "--wait", "--timeout", "60")
+    assert result.exit_code == 0, result.output
+    assert "waiter: running" in result.output
+    result = ctl("vm", "shutdown", "waiter", "--wait", "--timeout", "60")
+    assert result.exit_code == 0 and "waiter: stopped" in result.output
+    result = ctl("vm", "delete", "waiter", "--yes", "--wait", "--timeout", "60")
+    assert result.exit_code == 0 and "deleted" in result.output

@@ -1,0 +1,79 @@
+"""An in-memory hypervisor for the simulator and unit tests (a first-class driver).
+
+It keeps the same contract as libvirt, including idempotency, and lets tests break
+things behind cloudd's back (``kill``, ``forget``) or make calls fail (``fail_next``).
+"""
+
+from __future__ import annotations
+
+from cloudd.ops.compute import ComputeError, DomainInfo, DomainSpec
+
+
+class FakeCompute:
+    def __init__(self, honours_acpi: bool = True) -> None:
+        self.defined: dict[str, DomainSpec] = {}
+        self.power: dict[str, str] = {}
+        self.honours_acpi = honours_acpi
+        self.calls: list[tuple[str, str]] = []
+        self.failures: dict[str, str] = {}
+        self.resets: dict[str, int] = {}
+
+    def fail_next(self, method: str, message: str) -> None:
+        self.failures[method] = message
+
+    def _call(self, method: str, vm_id: str) -> None:
+        self.calls.append((method, vm_id))
+        if method in self.failures:
+            raise ComputeError(self.failures.pop(method))
+
+    def _need(self, vm_id: str) -> None:
+        if vm_id not in self.defined:
+            raise ComputeError(f"domain cloudd-{vm_id} is not defined")
+
+    def domains(self) -> dict[str, DomainInfo]:
+        return {vm_id: DomainInfo(vm_id, self.power[vm_id], 5900 if self.power[vm_id] == "running" else None) for vm_id in self.defined}
+
+    def define(self, spec: DomainSpec) -> None:
+        self._call("define", spec.vm_id)
+        self.defined[spec.vm_id] = spec
+        self.power.setdefault(spec.vm_id, "shut_off")
+
+    def start(self, vm_id: str) -> None:
+        self._call("start", vm_id)
+        self._need(vm_id)
+        self.power[vm_id] = "running"
+
+    def shutdown(self, vm_id: str) -> None:
+        self._call("shutdown", vm_id)
+        self._need(vm_id)
+        if self.honours_acpi:
+            self.power[vm_id] = "shut_off"
+
+    def destroy(self, vm_id: str) -> None:
+        self._call("destroy", vm_id)
+        if vm_id in self.defined:
+            self.power[vm_id] = "shut_off"
+
+    def reset(self, vm_id: str) -> None:
+        self._call("reset", vm_id)
+        self._need(vm_id)
+        self.resets[vm_id] = self.resets.get(vm_id, 0) + 1
+
+    def reboot(self, vm_id: str) -> None:
+        self._call("reboot", vm_id)
+        self._need(vm_id)
+        self.resets[vm_id] = self.resets.get(vm_id, 0) + 1
+
+    def undefine(self, vm_id: str) -> None:
+        self._call("undefine", vm_id)
+        self.defined.pop(vm_id, None)
+        self.power.pop(vm_id, None)
+
+    # --- breaking things behind cloudd's back ---
+
+    def kill(self, vm_id: str) -> None:
+        self.power[vm_id] = "shut_off"
+
+    def forget(self, vm_id: str) -> None:
+        self.defined.pop(vm_id, None)
+        self.power.pop(vm_id, None)

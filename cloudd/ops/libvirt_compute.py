@@ -1,0 +1,166 @@
+"""The compute contract on libvirt (``qemu:///system`` in production; ``test:///default``,
+``qemu:///embed?root=…`` in tests and the quick start).
+
+One connection per driver, reopened when libvirtd went away. The agent calls these
+methods through ``asyncio.to_thread`` with a timeout, so a stuck libvirtd cannot freeze
+it; a call that times out is retried on the next reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import xml.etree.ElementTree as ET
+from typing import Any, Callable, TypeVar
+
+import libvirt
+
+from cloudd.ops.compute import DOMAIN_PREFIX, ComputeError, DomainInfo, DomainSpec
+from cloudd.ops.domain_xml import domain_xml
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POWER = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",  # shutting down, still on
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut_off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+    libvirt.VIR_DOMAIN_NOSTATE: "shut_off",
+}
+TRANSIENT = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+}
+
+
+def _silence_libvirt_stderr(_ctx: Any, _err: Any) -> None:
+    """libvirt prints every error to stderr by default; we log them ourselves."""
+
+
+libvirt.registerErrorHandler(_silence_libvirt_stderr, None)
+
+
+class LibvirtCompute:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> libvirt.virConnect:
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except libvirt.libvirtError:
+                pass
+            log.warning("libvirt connection to %s lost: reconnecting", self.uri)
+            self._conn = None
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise ComputeError(f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}", transient=True) from None
+        return self._conn
+
+    def _run(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                transient = exc.get_error_code() in TRANSIENT
+                if transient:
+                    self._conn = None
+                raise ComputeError(f"{what}: {exc.get_error_message()}", transient=transient) from None
+
+    def _domain(self, conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain | None:
+        try:
+            return conn.lookupByName(DOMAIN_PREFIX + vm_id)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _need(self, conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain:
+        dom = self._domain(conn, vm_id)
+        if dom is None:
+            raise ComputeError(f"domain {DOMAIN_PREFIX}{vm_id} is not defined")
+        return dom
+
+    def domains(self) -> dict[str, DomainInfo]:
+        def read(conn: libvirt.virConnect) -> dict[str, DomainInfo]:
+            out = {}
+            for dom in conn.listAllDomains():
+                name = dom.name()
+                if not name.startswith(DOMAIN_PREFIX):
+                    continue
+                state = dom.state()[0]
+                power = POWER.get(state, "shut_off")
+                out[name[len(DOMAIN_PREFIX):]] = DomainInfo(name[len(DOMAIN_PREFIX):], power, self._vnc_port(dom) if power == "running" else None)
+            return out
+
+        return self._run("listing domains", read)
+
+    @staticmethod
+    def _vnc_port(dom: libvirt.virDomain) -> int | None:
+        try:
+            graphics = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='vnc']")
+        except (libvirt.libvirtError, ET.ParseError):
+            return None
+        port = graphics.get("port") if graphics is not None else None
+        return int(port) if port and port.isdigit() and int(port) > 0 else None
+
+    def define(self, spec: DomainSpec) -> None:
+        self._run(f"defining {spec.domain_name}", lambda conn: conn.defineXML(domain_xml(spec)))
+
+    def start(self, vm_id: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._need(conn, vm_id)
+            if not dom.isActive():
+                dom.create()
+
+        self._run(f"starting {DOMAIN_PREFIX}{vm_id}", go)
+
+    def shutdown(self, vm_id: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._need(conn, vm_id)
+            if dom.isActive():
+                dom.shutdown()
+
+        self._run(f"shutting down {DOMAIN_PREFIX}{vm_id}", go)
+
+    def destroy(self, vm_id: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._domain(conn, vm_id)
+            if dom is not None and dom.isActive():
+                dom.destroy()
+
+        self._run(f"destroying {DOMAIN_PREFIX}{vm_id}", go)
+
+    def reset(self, vm_id: str) -> None:
+        self._run(f"resetting {DOMAIN_PREFIX}{vm_id}", lambda conn: self._need(conn, vm_id).reset(0))
+
+    def reboot(self, vm_id: str) -> None:
+        self._run(f"rebooting {DOMAIN_PREFIX}{vm_id}", lambda conn: self._need(conn, vm_id).reboot(0))
+
+    def undefine(self, vm_id: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._domain(conn, vm_id)
+            if dom is None:
+                return
+            if dom.isActive():
+                dom.destroy()
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError:
+                dom.undefine()
+
+        self._run(f"undefining {DOMAIN_PREFIX}{vm_id}", go)

@@ -1,0 +1,175 @@
+"""The node agent's VM reconcile loop: make this host match the VMs assigned to it.
+
+Written as ``step(env)``. Per VM it compares the desired state in the replica with what
+the hypervisor shows and takes ONE idempotent step towards it, then reports what it
+sees (``vm.report``) whenever that changed. A step interrupted by a crash is simply
+taken again by the next loop. Drift (a domain destroyed, started or undefined behind
+cloudd's back) is repaired towards the desired state, or only reported when the node's
+``drift`` policy is ``report``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from cloudd.env import Env
+from cloudd.errors import CloudError
+from cloudd.ops.compute import ComputeDriver, ComputeError, DiskSpec, DomainInfo, DomainSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class ReconcileSettings:
+    domain_type: str = "kvm"
+    vnc_listen: str = "127.0.0.1"
+    shutdown_timeout_s: float = 60.0
+    call_timeout_s: float = 30.0
+    drift: str = "repair"  # or "report"
+    vm_dir: str = "/var/lib/cloudd/vms"
+
+
+@dataclass
+class VmMemory:
+    """What this agent remembers about a VM between steps (not replicated)."""
+
+    shutdown_since: float | None = None
+    action_done: int = 0
+
+
+@dataclass
+class VmReconciler:
+    driver: ComputeDriver
+    settings: ReconcileSettings = field(default_factory=ReconcileSettings)
+    memory: dict[str, VmMemory] = field(default_factory=dict)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.settings.call_timeout_s)
+        except asyncio.TimeoutError:
+            raise ComputeError(f"hypervisor call {getattr(fn, '__name__', fn)} timed out", transient=True) from None
+
+    def spec(self, vm: dict[str, Any]) -> DomainSpec:
+        vm_dir = Path(self.settings.vm_dir) / vm["id"]
+        return DomainSpec(
+            vm_id=vm["id"],
+            name=vm["name"],
+            vcpus=vm["vcpus"],
+            ram_mb=vm["ram_mb"],
+            disks=(DiskSpec(str(vm_dir / "disk.qcow2")),),
+            domain_type=self.settings.domain_type,
+            vnc_listen=self.settings.vnc_listen,
+            serial_log=str(vm_dir / "serial.log"),
+        )
+
+    async def step(self, env: Env) -> None:
+        """One pass over this node's VMs."""
+        mine = {vm_id: vm for vm_id, vm in env.vms().items() if vm["node"] == env.node_name}
+        try:
+            actual = await self._call(self.driver.domains)
+        except ComputeError as exc:
+            log.warning("cannot read the hypervisor: %s", exc)
+            return
+        for vm_id, vm in sorted(mine.items()):
+            memory = self.memory.setdefault(vm_id, VmMemory())
+            error = None
+            try:
+                await self._converge(env, vm, actual.get(vm_id), memory)
+            except ComputeError as exc:
+                if exc.transient:
+                    log.warning("VM %s: %s (will retry)", vm["name"], exc)
+                    continue
+                error = str(exc)
+                log.error("VM %s: %s", vm["name"], error)
+            try:
+                seen = (await self._call(self.driver.domains)).get(vm_id)
+            except ComputeError:
+                continue
+            await self._report(env, vm, seen, memory, error)
+        for vm_id in list(self.memory):
+            if vm_id not in mine:
+                del self.memory[vm_id]
+        strangers = sorted(set(actual) - set(mine))
+        if strangers:
+            log.debug("domains not assigned to this node (left alone): %s", ", ".join(strangers))
+
+    async def _converge(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory) -> None:
+        vm_id, state, desired = vm["id"], vm["state"], vm["desired"]
+        if state == "deleting":
+            if seen is not None:
+                await self._call(self.driver.undefine, vm_id)
+            return
+        if state in ("pending", "migrating", "error") and seen is None:
+            return
+        repair = self.settings.drift == "repair" or state in ("creating", "starting", "stopping")
+        if seen is None:
+            if state != "creating":
+                log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
+            if not repair:
+                return
+            await self._call(self.driver.define, self.spec(vm))
+            seen = DomainInfo(vm_id, "shut_off")
+        running = seen.power in ("running", "paused")
+        if desired["power"] == "running":
+            memory.shutdown_since = None
+            if not running and (repair or state != "running") and state != "error":
+                if state == "running":
+                    log.warning("VM %s: found off behind cloudd's back; starting it again", vm["name"])
+                await self._call(self.driver.start, vm_id)
+                return
+            if running and desired["action"] and desired["action_seq"] > memory.action_done:
+                await self._call(self.driver.reset if desired["action"] == "reset" else self.driver.reboot, vm_id)
+                memory.action_done = desired["action_seq"]
+            return
+        # desired stopped
+        if not running:
+            memory.shutdown_since = None
+            return
+        if state == "stopped" and not repair:
+            return
+        if desired["stop_mode"] == "force":
+            await self._call(self.driver.destroy, vm_id)
+            return
+        now = env.monotonic()
+        if memory.shutdown_since is None:
+            memory.shutdown_since = now
+            await self._call(self.driver.shutdown, vm_id)
+        elif now - memory.shutdown_since >= self.settings.shutdown_timeout_s:
+            log.info("VM %s ignored the ACPI shutdown for %.0fs: forcing it off", vm["name"], now - memory.shutdown_since)
+            await self._call(self.driver.destroy, vm_id)
+            memory.shutdown_since = None
+
+    async def _report(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, error: str | None) -> None:
+        power = seen.power if seen else "absent"
+        vnc = seen.vnc_port if seen else None
+        observed = vm.get("observed") or {}
+        news = (observed.get("power"), observed.get("error"), observed.get("vnc_port")) != (power, error, vnc)
+        acknowledges = vm["desired"]["action"] is not None and memory.action_done >= vm["desired"]["action_seq"]
+        if not (news or acknowledges or error or would_move(vm, power)):
+            return
+        args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc}
+        if memory.action_done:
+            args["action_seq"] = memory.action_done
+        try:
+            outcome = await env.propose("vm.report", args)
+        except CloudError as exc:
+            log.warning("VM %s: report not committed: %s", vm["name"], exc.message)
+            return
+        if "error" in outcome:
+            log.info("VM %s: report refused: %s", vm["name"], outcome["error"]["message"])
+
+
+def would_move(vm: dict[str, Any], power: str) -> bool:
+    """Whether reporting ``power`` would advance the VM's lifecycle state."""
+    state, off = vm["state"], power in ("shut_off", "crashed")
+    return (
+        (state == "creating" and (power == "running" or (off and vm["desired"]["power"] == "stopped")))
+        or (state in ("starting", "stopped") and power == "running")
+        or (state in ("stopping", "running") and off)
+        or (state == "deleting" and power == "absent")
+    )

@@ -1,0 +1,86 @@
+"""The compute contract, held by the fake and by libvirt (its test:///default driver)."""
+
+from __future__ import annotations
+
+import itertools
+import xml.etree.ElementTree as ET
+from typing import Iterator
+
+import pytest
+
+from cloudd.ops.compute import ComputeDriver, ComputeError, DiskSpec, DomainSpec
+from cloudd.ops.domain_xml import domain_xml
+from cloudd.ops.fake_compute import FakeCompute
+from cloudd.ops.libvirt_compute import LibvirtCompute
+
+_ids = itertools.count()
+
+
+@pytest.fixture(params=["fake", "libvirt-test"])
+def driver(request: pytest.FixtureRequest) -> Iterator[tuple[ComputeDriver, str]]:
+    if request.param == "fake":
+        yield FakeCompute(), "qemu"
+    else:
+        drv = LibvirtCompute("test:///default")
+        yield drv, "test"
+        for vm_id in list(drv.domains()):
+            drv.undefine(vm_id)
+
+
+def spec(domain_type: str, vm_id: str | None = None) -> DomainSpec:
+    vm_id = vm_id or f"t{next(_ids)}"
+    return DomainSpec(vm_id, "web-1", 1, 128, (DiskSpec(f"/srv/{vm_id}.qcow2"),), domain_type=domain_type)
+
+
+def test_lifecycle_and_idempotency(driver: tuple[ComputeDriver, str]) -> None:
+    drv, domain_type = driver
+    s = spec(domain_type)
+    drv.define(s)
+    drv.define(s)
+    assert drv.domains()[s.vm_id].power == "shut_off"
+    drv.start(s.vm_id)
+    drv.start(s.vm_id)
+    assert drv.domains()[s.vm_id].power == "running"
+    drv.reset(s.vm_id)
+    drv.destroy(s.vm_id)
+    drv.destroy(s.vm_id)
+    assert drv.domains()[s.vm_id].power == "shut_off"
+    drv.start(s.vm_id)
+    drv.undefine(s.vm_id)
+    drv.undefine(s.vm_id)
+    assert s.vm_id not in drv.domains()
+
+
+def test_acting_on_an_undefined_domain_is_a_compute_error(driver: tuple[ComputeDriver, str]) -> None:
+    drv, _ = driver
+    for action in (drv.start, drv.shutdown, drv.reset, drv.reboot):
+        with pytest.raises(ComputeError, match="not defined"):
+            action("missing")
+    drv.destroy("missing")
+    drv.undefine("missing")
+
+
+def test_only_cloudd_domains_are_listed() -> None:
+    drv = LibvirtCompute("test:///default")
+    assert "test" not in drv.domains()  # the test driver's own sample domain
+
+
+def test_an_unreachable_libvirt_is_a_transient_error() -> None:
+    drv = LibvirtCompute("qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    with pytest.raises(ComputeError) as info:
+        drv.domains()
+    assert info.value.transient
+
+
+def test_domain_xml_has_virtio_scsi_serial_log_and_escaped_values() -> None:
+    s = DomainSpec("abc", 'evil"<name>&', 2, 256, (DiskSpec("/srv/a b.qcow2"),), domain_type="qemu", vnc_listen="10.0.0.5", vnc_password="s3cret", serial_log="/srv/abc/serial.log")
+    root = ET.fromstring(domain_xml(s))
+    assert root.get("type") == "qemu" and root.findtext("name") == "cloudd-abc"
+    assert root.findtext("title") == 'evil"<name>&'
+    assert root.find("memory").text == "256" and root.find("memory").get("unit") == "MiB"
+    assert root.find("./devices/controller[@model='virtio-scsi']") is not None
+    disk = root.find("./devices/disk")
+    assert disk.find("source").get("file") == "/srv/a b.qcow2" and disk.find("target").get("bus") == "virtio"
+    assert root.find("./devices/serial/log").get("file") == "/srv/abc/serial.log"
+    graphics = root.find("./devices/graphics")
+    assert graphics.get("listen") == "10.0.0.5" and graphics.get("passwd") == "s3cret"
