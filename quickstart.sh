@@ -81,6 +81,11 @@ password=$(cat "$RUN/admin-password")
 endpoints=()
 for i in $(seq 1 $NODES); do endpoints+=(--endpoint "http://$(api_addr "$i")"); done
 CLOUDCTL_PASSWORD=$password "$CLOUDCTL" "${endpoints[@]}" login --username admin > /dev/null
+# a few sizes to start with (already there on a re-run: ignored)
+for f in "tiny 1 128 1" "small 1 512 5" "medium 2 2048 20"; do
+  set -- $f
+  "$CLOUDCTL" flavor create "$1" --vcpus "$2" --ram "$3" --disk "$4" > /dev/null 2>&1 || true
+done
 "$CLOUDCTL" cluster status
 
 cat <<TXT
@@ -90,6 +95,7 @@ cloudd is running: $NODES nodes on this machine.
   API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
+                   $CLOUDCTL vm create web1 --flavor tiny --wait
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
   Hypervisors:     libvirt's test driver (VMs are simulated; real qemu guests are not wired in yet)
 TXT
