@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# libvirt-dev + pkg-config + gcc build libvirt-python against Debian's libvirt
-DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev)
+# libvirt-dev + pkg-config + gcc build libvirt-python against Debian's libvirt;
+# qemu + libvirt's qemu driver run guests (embedded libvirt: no daemon needs to run);
+# busybox-static builds the tiny test guest's initramfs (scripts/build-guest.sh)
+DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev
+      qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu busybox-static)
 
 missing=()
 for pkg in "${DEBS[@]}"; do
@@ -20,6 +23,8 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+elif ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+  apt-get update -q  # build-guest.sh downloads the kernel package: the lists must be there
 fi
 
 PY=${PYTHON:-python3}

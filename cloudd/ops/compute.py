@@ -47,6 +47,9 @@ class DomainSpec:
     serial_log: str | None = None
     machine: str | None = None
     interfaces: tuple[str, ...] = field(default_factory=tuple)  # bridge names (network issue)
+    kernel: str | None = None  # direct kernel boot (test guests); None boots from the disk
+    initrd: str | None = None
+    cmdline: str | None = None
 
     @property
     def domain_name(self) -> str:

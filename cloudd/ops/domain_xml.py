@@ -40,7 +40,14 @@ def domain_xml(spec: DomainSpec) -> str:
     if spec.machine:
         type_attrs["machine"] = spec.machine
     _sub(os_el, "type", "hvm", **type_attrs)
-    _sub(os_el, "boot", dev="hd")
+    if spec.kernel:
+        _sub(os_el, "kernel", spec.kernel)
+        if spec.initrd:
+            _sub(os_el, "initrd", spec.initrd)
+        if spec.cmdline:
+            _sub(os_el, "cmdline", spec.cmdline)
+    else:
+        _sub(os_el, "boot", dev="hd")
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")

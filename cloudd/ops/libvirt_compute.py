@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, TypeVar
 
@@ -48,11 +50,60 @@ def _silence_libvirt_stderr(_ctx: Any, _err: Any) -> None:
 libvirt.registerErrorHandler(_silence_libvirt_stderr, None)
 
 
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def ensure_event_loop() -> None:
+    """libvirt's default event loop, run in a daemon thread (needed by the embedded
+    driver, and for domain events). Registered once per process, before any open()."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+EMBED_QEMU_CONF = """# written by cloudd for its embedded libvirt root
+stdio_handler = "file"
+user = "root"
+group = "root"
+remote_display_port_min = {vnc_min}
+remote_display_port_max = {vnc_max}
+"""
+
+
+def prepare_embed_root(uri: str, vnc_range: tuple[int, int] = (5900, 6899)) -> None:
+    """Write ``<root>/etc/qemu.conf`` for ``qemu:///embed?root=<root>`` if it is missing.
+
+    No virtlogd in embed mode (``stdio_handler = file``); qemu runs as root because this
+    machine's ``/dev/kvm`` is root-only, which otherwise makes libvirt re-probe qemu on
+    every call (see shared/MACHINE-NOTES.md).
+    """
+    root = parse_qs(urlparse(uri).query).get("root", [None])[0]
+    if not root:
+        raise ComputeError(f"{uri}: the embedded driver needs ?root=<dir>")
+    conf = Path(root) / "etc" / "qemu.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(EMBED_QEMU_CONF.format(vnc_min=vnc_range[0], vnc_max=vnc_range[1]))
+
+
 class LibvirtCompute:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, vnc_range: tuple[int, int] = (5900, 6899)) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        if uri.startswith("qemu:///embed"):
+            prepare_embed_root(uri, vnc_range)
+            ensure_event_loop()
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:

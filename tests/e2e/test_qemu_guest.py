@@ -1,0 +1,63 @@
+"""The libvirt compute driver booting a real tiny guest under qemu TCG (embedded libvirt)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from cloudd.ops.compute import DomainSpec
+from cloudd.ops.libvirt_compute import LibvirtCompute
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+MARKER = "CLOUDD-GUEST-BOOTED"
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LibvirtCompute, Path]]:
+    root = tmp_path_factory.mktemp("embed")
+    drv = LibvirtCompute(f"qemu:///embed?root={root}", vnc_range=(6900, 6949))
+    yield drv, root
+    for vm_id in list(drv.domains()):
+        drv.undefine(vm_id)
+
+
+def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def serial(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_boot_shutdown_start_reset_destroy_undefine(embedded: tuple[LibvirtCompute, Path], guest: Path) -> None:
+    drv, root = embedded
+    log = root / "g1.serial.log"
+    spec = DomainSpec("g1", "guest", 1, 128, (), domain_type="qemu", serial_log=str(log), kernel=str(guest / "vmlinuz"), initrd=str(guest / "initrd.img"), cmdline="console=ttyS0")
+    drv.define(spec)
+    drv.start("g1")
+    wait_for(lambda: MARKER in serial(log), 60, "the boot marker")
+    info = drv.domains()["g1"]
+    assert info.power == "running" and info.vnc_port is not None and 6900 <= info.vnc_port <= 6949
+    with socket.create_connection(("127.0.0.1", info.vnc_port), timeout=5) as vnc:
+        assert vnc.recv(12).startswith(b"RFB ")
+    drv.shutdown("g1")  # ACPI power button -> the guest's acpid powers off
+    wait_for(lambda: drv.domains()["g1"].power == "shut_off", 30, "clean power-off")
+    assert "CLOUDD-GUEST-POWEROFF" in serial(log)
+    drv.start("g1")
+    wait_for(lambda: MARKER in serial(log), 60, "boot after start")
+    drv.reset("g1")
+    wait_for(lambda: serial(log).count(MARKER) >= 2, 60, "boot after reset")  # serial log restarts per start: count within one run
+    drv.destroy("g1")
+    assert drv.domains()["g1"].power == "shut_off"
+    drv.undefine("g1")
+    assert "g1" not in drv.domains()
