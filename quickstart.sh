@@ -8,9 +8,16 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 RUN=$ROOT/run
 NODES=3
-# Each node's hypervisor. qemu under an embedded libvirt is next; until then libvirt's
-# test driver simulates the hypervisors (VMs go through their whole lifecycle, no guest runs).
-COMPUTE_URI=test:///default
+# Each node's hypervisor: a libvirt of its own (embedded, no daemon) running qemu in
+# software (TCG); where qemu is missing, libvirt's test driver simulates one.
+if command -v qemu-system-x86_64 >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ]; then
+  COMPUTE_URI=embedded
+  HYPERVISORS="qemu (software emulation) under an embedded libvirt per node"
+else
+  COMPUTE_URI=test:///default
+  HYPERVISORS="libvirt's TEST driver: qemu is missing, so VMs are simulated and no guest really runs"
+fi
+vnc_ports() { echo "$((5800 + 100 * $1))-$((5899 + 100 * $1))"; }
 api_addr() { echo "127.0.0.1:$((8400 + $1))"; }
 raft_addr() { echo "127.0.0.1:$((8500 + $1))"; }
 
@@ -60,7 +67,7 @@ PY
 
 if [ ! -f "$RUN/node1/node.json" ]; then
   "$CLOUDD" init --data-dir "$RUN/node1" --name node1 --api-addr "$(api_addr 1)" --raft-addr "$(raft_addr 1)" \
-    --cluster-name quickstart --password-file "$RUN/admin-password" --compute-uri "$COMPUTE_URI" > "$RUN/init.txt"
+    --cluster-name quickstart --password-file "$RUN/admin-password" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports 1)" > "$RUN/init.txt"
 fi
 # restart every node that exists first: a lone restarted node has no quorum
 for i in $(seq 1 $NODES); do
@@ -71,7 +78,7 @@ for i in $(seq 2 $NODES); do
   if [ ! -f "$RUN/node$i/node.json" ]; then
     token=$("$CLOUDD" token --data-dir "$RUN/node1")
     "$CLOUDD" join "$(api_addr 1)" --token "$token" --data-dir "$RUN/node$i" --name "node$i" \
-      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" --compute-uri "$COMPUTE_URI" > /dev/null
+      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports "$i")" > /dev/null
     start "$i"
   fi
 done
@@ -86,6 +93,10 @@ for f in "tiny 1 128 1" "small 1 512 5" "medium 2 2048 20"; do
   set -- $f
   "$CLOUDCTL" flavor create "$1" --vcpus "$2" --ram "$3" --disk "$4" > /dev/null 2>&1 || true
 done
+if [ "$COMPUTE_URI" = embedded ]; then
+  bash scripts/build-guest.sh "$RUN/guest" > /dev/null
+  "$CLOUDCTL" image register tiny-test-guest --path "$RUN/guest" --format kernel --size 1 --os busybox > /dev/null 2>&1 || true
+fi
 "$CLOUDCTL" cluster status
 
 cat <<TXT
@@ -95,7 +106,7 @@ cloudd is running: $NODES nodes on this machine.
   API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
-                   $CLOUDCTL vm create web1 --flavor tiny --wait
+                   $CLOUDCTL vm create web1 --flavor tiny --image tiny-test-guest --wait
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
-  Hypervisors:     libvirt's test driver (VMs are simulated; real qemu guests are not wired in yet)
+  Hypervisors:     $HYPERVISORS
 TXT

@@ -90,7 +90,7 @@ def register(cli: click.Group) -> None:
     @image.command("register")
     @click.argument("name")
     @click.option("--path", required=True, help="Absolute path of the image file on every hypervisor.")
-    @click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True)
+    @click.option("--format", "fmt", type=click.Choice(["qcow2", "raw", "kernel"]), default="qcow2", show_default=True, help="kernel: --path is a directory with vmlinuz and initrd.img, booted directly.")
     @click.option("--size", "size_gb", type=float, required=True, help="Virtual size in GB.")
     @click.option("--os", "os_name", default=None)
     @click.option("--min-ram", "min_ram_mb", type=int, default=None, help="MiB")

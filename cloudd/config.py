@@ -45,6 +45,8 @@ class ComputeSettings:
     drift: str = "repair"
     shutdown_timeout_s: float = 60.0
     vnc_listen: str = "127.0.0.1"
+    vnc_port_min: int = 5900
+    vnc_port_max: int = 6899
     reconcile_interval_s: float = 2.0
 
 

@@ -16,6 +16,7 @@ from cloudd.agent import Agent
 from cloudd.config import NodeConfig, read_secret
 from cloudd.manager import Manager
 from cloudd.ops.libvirt_compute import LibvirtCompute
+from cloudd.ops.local_disk import LocalDisks
 from cloudd.raft.node import ReplicatedState
 from cloudd.reconcile import ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
@@ -88,7 +89,7 @@ def make_reconciler(config: NodeConfig) -> VmReconciler | None:
     else:
         log.info("compute: libvirt at %s, domain type %s", settings.uri, settings.domain_type)
     return VmReconciler(
-        LibvirtCompute(settings.uri),
+        LibvirtCompute(settings.uri, vnc_range=(settings.vnc_port_min, settings.vnc_port_max)),
         ReconcileSettings(
             domain_type=settings.domain_type,
             vnc_listen=settings.vnc_listen,
@@ -96,6 +97,7 @@ def make_reconciler(config: NodeConfig) -> VmReconciler | None:
             drift=settings.drift,
             vm_dir=str(Path(config.data_dir) / "vms"),
         ),
+        disks=None if settings.domain_type == "test" else LocalDisks(),
     )
 
 

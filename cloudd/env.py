@@ -40,6 +40,9 @@ class Env(Protocol):
     def vms(self) -> dict[str, dict[str, Any]]:
         """A consistent copy of the VM records (one level deep)."""
 
+    def images(self) -> dict[str, dict[str, Any]]:
+        """A copy of the image records."""
+
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Commit a command; returns the outcome (``result`` or ``error``) or raises CloudError."""
 
@@ -74,6 +77,10 @@ class RaftEnv:
     def vms(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return {vm_id: dict(vm) for vm_id, vm in self.raft.state.vms.items()}
+
+    def images(self) -> dict[str, dict[str, Any]]:
+        with self.raft.lock:
+            return {image_id: dict(image) for image_id, image in self.raft.state.images.items()}
 
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return await self.proposer.submit(op, args, actor={"node": self.node_name}, deadline_s=4.0)

@@ -56,10 +56,18 @@ def cli(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def compute_settings(uri: str, domain_type: str | None) -> ComputeSettings:
+def compute_settings(uri: str, domain_type: str | None, data_dir: Path, vnc_ports: str) -> ComputeSettings:
+    """``embedded``: a libvirt of this node's own under <data dir>/libvirt (no daemon),
+    running guests in software (TCG) unless --domain-type kvm."""
+    if uri == "embedded":
+        uri = f"qemu:///embed?root={data_dir.resolve() / 'libvirt'}"
+        domain_type = domain_type or "qemu"
     if domain_type is None:
         domain_type = "test" if uri.startswith("test:") else "kvm"
-    return ComputeSettings(uri=uri, domain_type=domain_type)
+    low, _, high = vnc_ports.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
+        _fail("--vnc-ports must be a range like 5900-6899")
+    return ComputeSettings(uri=uri, domain_type=domain_type, vnc_port_min=int(low), vnc_port_max=int(high))
 
 
 def _check_bindable(label: str, addr: str) -> None:
@@ -124,9 +132,10 @@ async def _bootstrap(config: NodeConfig, secret: str, admin: str, password_hash:
 @click.option("--admin", "admin_name", default="admin", show_default=True, help="Name of the first admin user.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="Write the admin password here (0600) instead of printing it.")
 @click.option("--roles", default="hypervisor,storage", show_default=True)
-@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor (test:///default: libvirt's simulated hypervisor).")
+@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor; 'embedded' for a libvirt of the node's own (no daemon); test:///default simulates one.")
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None, help="kvm (default), qemu (software/TCG) or test (with test:///default).")
-def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None) -> None:
+@click.option("--vnc-ports", default="5900-6899", show_default=True, help="VNC port range of this node's guests.")
+def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str) -> None:
     """Create a new cluster with this node as its first voter and an admin user."""
     from cloudd.validate import ADDRESS_RE, HOSTNAME_RE, USERNAME_RE
 
@@ -152,7 +161,7 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
         api_peers=[api_addr],
         roles=[r for r in roles.split(",") if r],
         timings=Timings(),
-        compute=compute_settings(compute_uri, domain_type),
+        compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
         data_dir=str(path.resolve()),
     )
     password = generate_password()
@@ -187,9 +196,10 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
 @click.option("--raft-addr", default=None, help="Needed to become a voter; without it the node joins as a non-voting replica.")
 @click.option("--as", "want", type=click.Choice(["auto", "voter", "replica"]), default="auto", show_default=True)
 @click.option("--roles", default="hypervisor,storage", show_default=True)
-@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor.")
+@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor ('embedded', test:///default).")
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
-def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None) -> None:
+@click.option("--vnc-ports", default="5900-6899", show_default=True, help="VNC port range of this node's guests.")
+def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str) -> None:
     """Join the cluster that serves its API at ADDRESS (host:port)."""
     parts = token.strip().split(".")
     if len(parts) != 3 or parts[0] != "cdj":
@@ -227,7 +237,7 @@ def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft
         peers=data["voters"],
         api_peers=data["api_addrs"],
         roles=[r for r in roles.split(",") if r],
-        compute=compute_settings(compute_uri, domain_type),
+        compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
         data_dir=str(path.resolve()),
     )
     write_secret(path, secret)

@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar
 from cloudd.env import Env
 from cloudd.errors import CloudError
 from cloudd.ops.compute import ComputeDriver, ComputeError, DiskSpec, DomainInfo, DomainSpec
+from cloudd.ops.local_disk import LocalDisks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +48,7 @@ class VmReconciler:
     driver: ComputeDriver
     settings: ReconcileSettings = field(default_factory=ReconcileSettings)
     memory: dict[str, VmMemory] = field(default_factory=dict)
+    disks: LocalDisks | None = None  # None: the hypervisor needs no files (libvirt's test driver)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -54,8 +56,14 @@ class VmReconciler:
         except asyncio.TimeoutError:
             raise ComputeError(f"hypervisor call {getattr(fn, '__name__', fn)} timed out", transient=True) from None
 
-    def spec(self, vm: dict[str, Any]) -> DomainSpec:
-        vm_dir = Path(self.settings.vm_dir) / vm["id"]
+    def vm_dir(self, vm_id: str) -> Path:
+        return Path(self.settings.vm_dir) / vm_id
+
+    def spec(self, vm: dict[str, Any], image: dict[str, Any] | None) -> DomainSpec:
+        vm_dir = self.vm_dir(vm["id"])
+        boot: dict[str, Any] = {}
+        if image is not None and image["format"] == "kernel":
+            boot = {"kernel": f"{image['path']}/vmlinuz", "initrd": f"{image['path']}/initrd.img", "cmdline": "console=ttyS0"}
         return DomainSpec(
             vm_id=vm["id"],
             name=vm["name"],
@@ -65,11 +73,21 @@ class VmReconciler:
             domain_type=self.settings.domain_type,
             vnc_listen=self.settings.vnc_listen,
             serial_log=str(vm_dir / "serial.log"),
+            **boot,
         )
+
+    async def create_disk(self, vm: dict[str, Any], image: dict[str, Any] | None) -> None:
+        if self.disks is None:
+            return
+        backing = backing_format = None
+        if image is not None and image["format"] in ("qcow2", "raw"):
+            backing, backing_format = image["path"], image["format"]
+        await self._call(self.disks.ensure, self.vm_dir(vm["id"]) / "disk.qcow2", vm["disk_gb"], backing, backing_format)
 
     async def step(self, env: Env) -> None:
         """One pass over this node's VMs."""
         mine = {vm_id: vm for vm_id, vm in env.vms().items() if vm["node"] == env.node_name}
+        images = env.images() if mine else {}
         try:
             actual = await self._call(self.driver.domains)
         except ComputeError as exc:
@@ -79,7 +97,7 @@ class VmReconciler:
             memory = self.memory.setdefault(vm_id, VmMemory())
             error = None
             try:
-                await self._converge(env, vm, actual.get(vm_id), memory)
+                await self._converge(env, vm, actual.get(vm_id), memory, images.get(vm.get("image") or ""))
             except ComputeError as exc:
                 if exc.transient:
                     log.warning("VM %s: %s (will retry)", vm["name"], exc)
@@ -98,11 +116,13 @@ class VmReconciler:
         if strangers:
             log.debug("domains not assigned to this node (left alone): %s", ", ".join(strangers))
 
-    async def _converge(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory) -> None:
+    async def _converge(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, image: dict[str, Any] | None) -> None:
         vm_id, state, desired = vm["id"], vm["state"], vm["desired"]
         if state == "deleting":
             if seen is not None:
                 await self._call(self.driver.undefine, vm_id)
+            if self.disks is not None:
+                await self._call(self.disks.remove_all, self.vm_dir(vm_id))
             return
         if state in ("pending", "migrating", "error") and seen is None:
             return
@@ -112,7 +132,8 @@ class VmReconciler:
                 log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
             if not repair:
                 return
-            await self._call(self.driver.define, self.spec(vm))
+            await self.create_disk(vm, image)
+            await self._call(self.driver.define, self.spec(vm, image))
             seen = DomainInfo(vm_id, "shut_off")
         running = seen.power in ("running", "paused")
         if desired["power"] == "running":

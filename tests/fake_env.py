@@ -37,6 +37,9 @@ class FakeEnv:
     def vms(self) -> dict[str, dict[str, Any]]:
         return {n: dict(v) for n, v in self.replica.state.vms.items()}
 
+    def images(self) -> dict[str, dict[str, Any]]:
+        return {n: dict(v) for n, v in self.replica.state.images.items()}
+
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         self.proposed.append((op, args))
         return self.replica.apply(command(op, args, ts=self.wall(), actor={"node": self.node_name}))

@@ -101,9 +101,11 @@ class LibvirtCompute:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self.embed_root: Path | None = None
         if uri.startswith("qemu:///embed"):
             prepare_embed_root(uri, vnc_range)
             ensure_event_loop()
+            self.embed_root = Path(parse_qs(urlparse(uri).query)["root"][0])
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
@@ -215,3 +217,5 @@ class LibvirtCompute:
                 dom.undefine()
 
         self._run(f"undefining {DOMAIN_PREFIX}{vm_id}", go)
+        if self.embed_root is not None:  # our own libvirt: its per-domain log goes too
+            (self.embed_root / "log" / "qemu" / f"{DOMAIN_PREFIX}{vm_id}.log").unlink(missing_ok=True)

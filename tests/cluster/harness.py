@@ -71,8 +71,9 @@ class Node:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, timings: dict[str, float] | None = None, first_host: int = 11) -> None:
+    def __init__(self, root: Path, timings: dict[str, float] | None = None, first_host: int = 11, compute: list[str] | None = None) -> None:
         self.root = root
+        self.compute = compute or ["--compute-uri", COMPUTE_URI]
         self.timings = timings or FAST_TIMINGS
         self.nodes: dict[str, Node] = {}
         self.next_host = first_host
@@ -138,7 +139,7 @@ class LocalCluster:
         out = self.run_cloudd(
             "init", "--data-dir", str(first.data_dir), "--name", "node1", "--api-addr", first.api_addr,
             "--raft-addr", first.raft_addr, "--max-voters", str(max_voters), "--password-file", str(password_file),
-            "--compute-uri", COMPUTE_URI,
+            *self.compute,
         )
         assert out.returncode == 0, out.stderr
         self.password = password_file.read_text().strip()
@@ -156,7 +157,7 @@ class LocalCluster:
         token = self.api(via).post("/api/v1/cluster/join-tokens", json={}).json()["token"]
         out = self.run_cloudd(
             "join", self.nodes[via].api_addr, "--token", token, "--data-dir", str(node.data_dir), "--name", name,
-            "--api-addr", node.api_addr, "--raft-addr", node.raft_addr, "--as", want, "--compute-uri", COMPUTE_URI,
+            "--api-addr", node.api_addr, "--raft-addr", node.raft_addr, "--as", want, *self.compute,
         )
         assert out.returncode == 0, out.stderr
         self._set_timings(node)

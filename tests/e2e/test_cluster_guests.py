@@ -1,0 +1,104 @@
+"""A real cloudd node running real qemu guests through its embedded libvirt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.cluster.harness import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.cluster]
+MARKER = "CLOUDD-GUEST-BOOTED"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, guest: Path) -> Iterator[tuple[LocalCluster, httpx.Client]]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("guests"), first_host=31, compute=["--compute-uri", "embedded", "--vnc-ports", "6800-6849"])
+    try:
+        cluster.init(1, max_voters=1)
+        with cluster.api("node1") as admin:
+            admin.post("/api/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).raise_for_status()
+            admin.post("/api/v1/images", json={"name": "test-guest", "path": str(guest), "format": "kernel", "size_gb": 1}).raise_for_status()
+            admin.post("/api/v1/users", json={"name": "gina", "password": "gina-pass-1"}).raise_for_status()
+        token = httpx.post(cluster.nodes["node1"].url + "/api/v1/auth/login", json={"username": "gina", "password": "gina-pass-1"}).json()["token"]
+        with httpx.Client(base_url=cluster.nodes["node1"].url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as gina:
+            yield cluster, gina
+    finally:
+        cluster.close()
+
+
+def vm(client: httpx.Client, vm_id: str) -> dict[str, Any]:
+    return client.get(f"/api/v1/vms/{vm_id}").json()
+
+
+def vm_dir(cluster: LocalCluster, vm_id: str) -> Path:
+    return cluster.nodes["node1"].data_dir / "vms" / vm_id
+
+
+def qemu_pid(cluster: LocalCluster, vm_id: str) -> int | None:
+    pid_file = cluster.nodes["node1"].data_dir / "libvirt" / "run" / "qemu" / f"cloudd-{vm_id}.pid"
+    try:
+        return int(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_vm_boots_shuts_down_restarts_resets_and_is_deleted(node: tuple[LocalCluster, httpx.Client]) -> None:
+    cluster, gina = node
+    vm_id = gina.post("/api/v1/vms", json={"name": "real1", "flavor": "tiny", "image": "test-guest"}).json()["id"]
+    serial = vm_dir(cluster, vm_id) / "serial.log"
+    wait_for(lambda: vm(gina, vm_id)["state"] == "running", 60, what="running")
+    wait_for(lambda: serial.exists() and MARKER in serial.read_text(errors="replace"), 90, what="boot marker")
+    assert "disks: vda" in serial.read_text(errors="replace")
+    assert (vm_dir(cluster, vm_id) / "disk.qcow2").exists()
+    assert vm(gina, vm_id)["observed"]["vnc_port"] in range(6800, 6850)
+
+    gina.post(f"/api/v1/vms/{vm_id}/shutdown").raise_for_status()
+    wait_for(lambda: vm(gina, vm_id)["state"] == "stopped", 60, what="clean shutdown")
+    assert "CLOUDD-GUEST-POWEROFF" in serial.read_text(errors="replace")
+
+    gina.post(f"/api/v1/vms/{vm_id}/start").raise_for_status()
+    wait_for(lambda: vm(gina, vm_id)["state"] == "running", 60, what="started again")
+    wait_for(lambda: MARKER in serial.read_text(errors="replace"), 90, what="boot marker after start")
+    gina.post(f"/api/v1/vms/{vm_id}/reset").raise_for_status()
+    wait_for(lambda: serial.read_text(errors="replace").count(MARKER) >= 2, 90, what="boot marker after reset")
+
+    gina.post(f"/api/v1/vms/{vm_id}/stop").raise_for_status()
+    wait_for(lambda: vm(gina, vm_id)["state"] == "stopped", 30, what="forced off")
+    assert qemu_pid(cluster, vm_id) is None
+
+    gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
+    wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")
+    assert not vm_dir(cluster, vm_id).exists()
+    assert not list((cluster.nodes["node1"].data_dir / "libvirt").rglob(f"cloudd-{vm_id}*"))
+
+
+def test_a_guest_killed_behind_cloudds_back_is_started_again_within_10s(node: tuple[LocalCluster, httpx.Client]) -> None:
+    cluster, gina = node
+    vm_id = gina.post("/api/v1/vms", json={"name": "drifty", "flavor": "tiny", "image": "test-guest"}).json()["id"]
+    wait_for(lambda: vm(gina, vm_id)["state"] == "running", 60, what="running")
+    first = wait_for(lambda: qemu_pid(cluster, vm_id), 30, what="qemu pid")
+    os.kill(first, signal.SIGKILL)
+    killed_at = time.monotonic()
+    second = wait_for(lambda: (p := qemu_pid(cluster, vm_id)) and p != first and p, 30, interval=0.2, what="a new qemu")
+    assert time.monotonic() - killed_at < 10.0
+    assert second != first
+    wait_for(lambda: vm(gina, vm_id)["state"] == "running", 30, what="running again")
+    gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
+    wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")
+
+
+def test_bad_requests_leave_nothing_on_the_host(node: tuple[LocalCluster, httpx.Client]) -> None:
+    cluster, gina = node
+    before = sorted(p.name for p in (cluster.nodes["node1"].data_dir / "vms").glob("*")) if (cluster.nodes["node1"].data_dir / "vms").exists() else []
+    for body in ({"name": "x", "flavor": "none"}, {"name": "y", "vcpus": 1, "ram_mb": 1 << 30, "disk_gb": 1}, {"name": "Bad Name", "flavor": "tiny"}):
+        assert gina.post("/api/v1/vms", json=body).status_code in (400, 404)
+    time.sleep(3)
+    after = sorted(p.name for p in (cluster.nodes["node1"].data_dir / "vms").glob("*")) if (cluster.nodes["node1"].data_dir / "vms").exists() else []
+    assert after == before
