@@ -53,16 +53,38 @@ def open_replica(config: NodeConfig, secret: str) -> ReplicatedState:
     )
 
 
-async def _every(interval: float, step, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+async def _every(interval: float, step, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Run ``step`` every ``interval`` seconds, or at once when ``wake`` is set."""
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()
         try:
             await step()
         except Exception:
             log.exception("periodic task %s failed", getattr(step, "__qualname__", step))
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except asyncio.TimeoutError:
-            pass
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if wake is not None:
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        if wake is not None and wake.is_set():
+            await asyncio.sleep(0.05)  # let a burst of commands land: one step for all of them
+
+
+def wake_on_vm_commands(raft: ReplicatedState, loop: asyncio.AbstractEventLoop, events: list[asyncio.Event]) -> None:
+    """Wake the manager and the VM reconciler as soon as a VM command applies, instead
+    of at their next period (a wake-up is only a hint: a missed one costs a period)."""
+
+    def hook(_index: int, command: bytes, _outcome: object) -> None:
+        if command.startswith(b'{"op":"vm.') and not command.startswith(b'{"op":"vm.report"'):
+            for event in events:
+                try:
+                    loop.call_soon_threadsafe(event.set)
+                except RuntimeError:  # loop closed at shutdown
+                    pass
+
+    raft.apply_hooks.append(hook)
 
 
 def _remember_peers(runtime: NodeRuntime) -> None:
@@ -122,13 +144,15 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     agent = Agent(config.data_dir, config.roles)
     manager = Manager(config.timings)
     reconciler = make_reconciler(config)
+    manager_wake, reconcile_wake = asyncio.Event(), asyncio.Event()
+    wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake])
     tasks = [
         asyncio.create_task(_every(config.timings.heartbeat_interval, lambda: agent.step(runtime.env), stop)),
-        asyncio.create_task(_every(config.timings.manager_interval, lambda: manager.step(runtime.env), stop)),
+        asyncio.create_task(_every(config.timings.manager_interval, lambda: manager.step(runtime.env), stop, manager_wake)),
         asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(_remember_peers, runtime), stop)),
     ]
     if reconciler is not None:
-        tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, lambda: reconciler.step(runtime.env), stop)))
+        tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, lambda: reconciler.step(runtime.env), stop, reconcile_wake)))
     log.info("node %s serving the API on http://%s (raft %s, %s)", config.name, config.api_addr, config.raft_addr, config.membership)
     try:
         await server.serve()

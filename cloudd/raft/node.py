@@ -23,7 +23,7 @@ from cloudd.raft.tuning import RaftTuning, make_conf, stagger_for
 
 log = logging.getLogger(__name__)
 
-ApplyHook = Callable[[int, dict[str, Any]], None]
+ApplyHook = Callable[[int, bytes, dict[str, Any]], None]
 
 
 class ReplicatedState(FastElectionMixin, SafeAppendEntriesMixin, SyncObj):
@@ -82,7 +82,7 @@ class ReplicatedState(FastElectionMixin, SafeAppendEntriesMixin, SyncObj):
             outcome = apply_command(self.state, command, index)
         for hook in self.apply_hooks:
             try:
-                hook(index, outcome)
+                hook(index, command, outcome)
             except Exception:  # a hook must never stall the log
                 log.exception("apply hook failed")
         return outcome
