@@ -24,7 +24,7 @@ STATES = ("pending", "creating", "stopped", "starting", "running", "stopping", "
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"creating", "deleting", "error"}),
     "creating": frozenset({"stopped", "starting", "running", "error", "deleting"}),
-    "stopped": frozenset({"starting", "migrating", "error", "deleting"}),
+    "stopped": frozenset({"starting", "running", "migrating", "error", "deleting"}),
     "starting": frozenset({"running", "stopping", "stopped", "error", "deleting"}),
     "running": frozenset({"stopping", "stopped", "migrating", "error", "deleting"}),
     "stopping": frozenset({"stopped", "running", "error", "deleting"}),

@@ -164,3 +164,14 @@ def test_images_and_users_in_use_cannot_go() -> None:
     replica.ok("vm.delete", {"id": "vm1"})
     replica.ok("image.delete", {"id": "img1"})
     replica.ok("user.delete", {"name": "bob"})
+
+
+def test_a_vm_reported_running_while_stopped_is_running() -> None:
+    replica = cluster_with_hypervisor()
+    new_vm(replica)
+    replica.ok("vm.place", {"id": "vm1", "node": "n1"})
+    replica.ok("vm.report", {"id": "vm1", "node": "n1", "power": "running"})
+    replica.ok("vm.report", {"id": "vm1", "node": "n1", "power": "shut_off"})  # killed behind our back
+    assert replica.state.vms["vm1"]["state"] == "stopped"
+    replica.ok("vm.report", {"id": "vm1", "node": "n1", "power": "running"})  # the agent started it again
+    assert replica.state.vms["vm1"]["state"] == "running"
