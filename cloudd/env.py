@@ -8,12 +8,15 @@ their own with a virtual clock.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
 from cloudd.model.state import State
 from cloudd.raft.node import ReplicatedState
 from cloudd.raft.proposer import Proposer
+
+log = logging.getLogger(__name__)
 
 
 class Env(Protocol):
@@ -84,3 +87,21 @@ class RaftEnv:
 
     async def propose(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return await self.proposer.submit(op, args, actor={"node": self.node_name}, deadline_s=4.0)
+
+
+async def try_propose(env: Env, op: str, args: dict[str, Any], what: str) -> dict[str, Any] | None:
+    """Propose for a background loop: log (not raise) what did not commit or was refused.
+
+    Returns the outcome when the command committed without error, else None.
+    """
+    from cloudd.errors import CloudError
+
+    try:
+        outcome = await env.propose(op, args)
+    except CloudError as exc:
+        log.warning("%s: not committed: %s", what, exc.message)
+        return None
+    if "error" in outcome:
+        log.info("%s: refused: %s", what, outcome["error"]["message"])
+        return None
+    return outcome

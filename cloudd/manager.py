@@ -15,8 +15,7 @@ from typing import Any, Mapping
 
 from cloudd.alloc.placement import Demand, choose_node
 from cloudd.config import Timings
-from cloudd.env import Env
-from cloudd.errors import CloudError
+from cloudd.env import Env, try_propose
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +112,17 @@ class Manager:
         for vm in sorted((v for v in vms.values() if v["state"] == "pending"), key=lambda v: (v["created_at"], v["id"])):
             node, rejected = choose_node(nodes, vms, Demand(vm["vcpus"], vm["ram_mb"], vm["disk_gb"]))
             decisions.append((vm["id"], node))
-            try:
-                if node is not None:
-                    outcome = await env.propose("vm.place", {"id": vm["id"], "node": node})
-                    if "error" not in outcome:
-                        vms[vm["id"]] = {**vm, "node": node, "state": "creating"}
-                        log.info("placed VM %s (%s) on %s", vm["name"], vm["id"], node)
-                    continue
-                reason = "no node can take it: " + ("; ".join(f"{n}: {r}" for n, r in sorted(rejected.items())) or "no hypervisors")
-                reason = reason[:500]
-                if vm.get("state_reason") != reason:
-                    await env.propose("vm.unplaceable", {"id": vm["id"], "reason": reason})
-            except CloudError as exc:
-                log.warning("could not place VM %s: %s", vm["id"], exc.message)
+            if node is not None:
+                if await try_propose(env, "vm.place", {"id": vm["id"], "node": node}, f"placing VM {vm['id']}"):
+                    vms[vm["id"]] = {**vm, "node": node, "state": "creating"}
+                    log.info("placed VM %s (%s) on %s", vm["name"], vm["id"], node)
+                continue
+            reason = "no node can take it: " + ("; ".join(f"{n}: {r}" for n, r in sorted(rejected.items())) or "no hypervisors")
+            if vm.get("state_reason") != reason[:500]:
+                await try_propose(env, "vm.unplaceable", {"id": vm["id"], "reason": reason[:500]}, f"VM {vm['id']}")
         return decisions
 
     async def _commit_verdicts(self, env: Env, verdicts: list[dict[str, Any]]) -> None:
         for verdict in verdicts:
-            try:
-                outcome = await env.propose("node.status_set", verdict)
-            except CloudError as exc:
-                log.warning("could not commit status of %s: %s", verdict["name"], exc.message)
-                continue
-            if "error" in outcome:
-                log.info("status of %s not changed: %s", verdict["name"], outcome["error"]["message"])
-            else:
+            if await try_propose(env, "node.status_set", verdict, f"status of node {verdict['name']}"):
                 log.info("node %s is %s (%s)", verdict["name"], verdict["status"], verdict["reason"])

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from cloudd.env import Env
-from cloudd.errors import CloudError
+from cloudd.env import Env, try_propose
 from cloudd.ops.compute import ComputeDriver, ComputeError, DiskSpec, DomainInfo, DomainSpec
 from cloudd.ops.local_disk import LocalDisks
 
@@ -176,13 +175,7 @@ class VmReconciler:
         args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc}
         if memory.action_done:
             args["action_seq"] = memory.action_done
-        try:
-            outcome = await env.propose("vm.report", args)
-        except CloudError as exc:
-            log.warning("VM %s: report not committed: %s", vm["name"], exc.message)
-            return
-        if "error" in outcome:
-            log.info("VM %s: report refused: %s", vm["name"], outcome["error"]["message"])
+        await try_propose(env, "vm.report", args, f"VM {vm['name']}: report")
 
 
 def would_move(vm: dict[str, Any], power: str) -> bool:
