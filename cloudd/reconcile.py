@@ -71,6 +71,7 @@ class VmReconciler:
             disks=(DiskSpec(str(vm_dir / "disk.qcow2")),),
             domain_type=self.settings.domain_type,
             vnc_listen=self.settings.vnc_listen,
+            vnc_password=vm.get("vnc_password"),
             serial_log=str(vm_dir / "serial.log"),
             **boot,
         )

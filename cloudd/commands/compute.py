@@ -108,8 +108,10 @@ def image_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, 
         "ha_priority": Field("int", min=0, max=100, required=False),
         "ssh_keys": Field("list", max_len=16, item=SSH_KEY, required=False),
         "user_data": Field("str", max_len=64 << 10, required=False),
+        "vnc_password": Field("str", pattern=re.compile(r"^[A-Za-z0-9]{8}$"), required=False),
     },
     target="id",
+    volatile=("vnc_password",),
 )
 def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Accept a VM; the leader places it, the node's agent creates it."""
@@ -155,6 +157,7 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "ha_priority": args.get("ha_priority", 0),
         "ssh_keys": args.get("ssh_keys", []),
         "user_data": args.get("user_data"),
+        "vnc_password": args.get("vnc_password"),
         "node": None,
         "state": "pending",
         "state_since": ctx.ts,

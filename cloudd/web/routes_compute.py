@@ -9,6 +9,7 @@ Long operations answer 202 with the VM; poll it until its state settles.
 from __future__ import annotations
 
 import secrets
+import string
 from typing import Any
 
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from cloudd.web.auth import Principal, require_admin
 from cloudd.web.http import guarded, json_response, read_json
 
 VM_ACTIONS = {"start": "vm.start", "stop": "vm.stop", "shutdown": "vm.shutdown", "reset": "vm.reset", "reboot": "vm.reboot"}
-HIDDEN_VM_FIELDS = ("user_data",)
+HIDDEN_VM_FIELDS = ("user_data", "vnc_password")  # the console proxy hands out access
 
 
 def vm_view(vm: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +176,9 @@ def routes(api: Api) -> list[Route]:
                     named = [i for i in images.values() if i["name"] == body["image"] and (i["public"] or i["owner"] == owner)]
                     if len(named) == 1:
                         body["image"] = named[0]["id"]
-        args = {"id": secrets.token_hex(8), "owner": owner, **body}
+        # VNC allows at most 8 characters of password; the port is on the node's address
+        vnc_password = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(8))
+        args = {"id": secrets.token_hex(8), "owner": owner, **body, "vnc_password": vnc_password}
         result, index = await api.commit(request, principal, "vm.create", args)
         with runtime.raft.lock:
             vm = runtime.raft.state.vms.get(result["id"])

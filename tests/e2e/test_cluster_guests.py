@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,6 +50,14 @@ def qemu_pid(cluster: LocalCluster, vm_id: str) -> int | None:
         return None
 
 
+def vnc_security_types(port: int) -> list[int]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        assert conn.recv(12).startswith(b"RFB 003.")
+        conn.sendall(b"RFB 003.008\n")
+        count = conn.recv(1)[0]
+        return list(conn.recv(count))
+
+
 def test_a_vm_boots_shuts_down_restarts_resets_and_is_deleted(node: tuple[LocalCluster, httpx.Client]) -> None:
     cluster, gina = node
     vm_id = gina.post("/api/v1/vms", json={"name": "real1", "flavor": "tiny", "image": "test-guest"}).json()["id"]
@@ -57,7 +66,9 @@ def test_a_vm_boots_shuts_down_restarts_resets_and_is_deleted(node: tuple[LocalC
     wait_for(lambda: serial.exists() and MARKER in serial.read_text(errors="replace"), 90, what="boot marker")
     assert "disks: vda" in serial.read_text(errors="replace")
     assert (vm_dir(cluster, vm_id) / "disk.qcow2").exists()
-    assert vm(gina, vm_id)["observed"]["vnc_port"] in range(6800, 6850)
+    shown = vm(gina, vm_id)
+    assert shown["observed"]["vnc_port"] in range(6800, 6850) and "vnc_password" not in shown
+    assert vnc_security_types(shown["observed"]["vnc_port"]) == [2]  # VNC password auth only, never "none"
 
     gina.post(f"/api/v1/vms/{vm_id}/shutdown").raise_for_status()
     wait_for(lambda: vm(gina, vm_id)["state"] == "stopped", 60, what="clean shutdown")

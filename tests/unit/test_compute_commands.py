@@ -22,7 +22,7 @@ def cluster_with_hypervisor() -> Replica:
 
 
 def new_vm(replica: Replica, vm_id: str = "vm1", **extra: object) -> dict:
-    args = {"id": vm_id, "name": f"web-{vm_id}", "owner": "bob", "flavor": "small", "image": "img1", **extra}
+    args = {"id": vm_id, "name": f"web-{vm_id}", "owner": "bob", "flavor": "small", "image": "img1", "vnc_password": "Abcd1234", **extra}
     return replica.ok("vm.create", args)
 
 

@@ -31,6 +31,7 @@ def test_a_placed_vm_is_defined_started_and_reported_running() -> None:
     vm = replica.state.vms["vm1"]
     assert fake.power["vm1"] == "running" and vm["state"] == "running"
     assert fake.defined["vm1"].domain_type == "qemu" and fake.defined["vm1"].disks[0].path == "/srv/vms/vm1/disk.qcow2"
+    assert fake.defined["vm1"].vnc_password == "Abcd1234"
     calls = len(fake.calls)
     step(agent, env, 3)
     assert len(fake.calls) == calls  # converged: nothing more to do
