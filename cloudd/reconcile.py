@@ -32,6 +32,7 @@ class ReconcileSettings:
     call_timeout_s: float = 30.0
     drift: str = "repair"  # or "report"
     vm_dir: str = "/var/lib/cloudd/vms"
+    usage_interval_s: float = 30.0
 
 
 @dataclass
@@ -40,6 +41,8 @@ class VmMemory:
 
     shutdown_since: float | None = None
     action_done: int = 0
+    usage_at: float | None = None  # when usage was last sampled (monotonic)
+    cpu_time_s: float | None = None
 
 
 @dataclass
@@ -171,12 +174,44 @@ class VmReconciler:
         observed = vm.get("observed") or {}
         news = (observed.get("power"), observed.get("error"), observed.get("vnc_port")) != (power, error, vnc)
         acknowledges = vm["desired"]["action"] is not None and memory.action_done >= vm["desired"]["action_seq"]
-        if not (news or acknowledges or error or would_move(vm, power)):
+        usage = await self._sample_usage(env, vm, power, memory)
+        if not (news or acknowledges or error or usage or would_move(vm, power)):
             return
         args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc}
+        if usage:
+            args["usage"] = usage
         if memory.action_done:
             args["action_seq"] = memory.action_done
         await try_propose(env, "vm.report", args, f"VM {vm['name']}: report")
+
+
+    async def _sample_usage(self, env: Env, vm: dict[str, Any], power: str, memory: VmMemory) -> dict[str, float] | None:
+        """Every ``usage_interval_s`` for a running VM: CPU % (of one core) since the last
+        sample, RAM and disk counters. None between samples (the Raft log is no time series)."""
+        now = env.monotonic()
+        if power != "running":
+            memory.usage_at = memory.cpu_time_s = None
+            return None
+        if memory.usage_at is not None and now - memory.usage_at < self.settings.usage_interval_s:
+            return None
+        try:
+            counters = await self._call(self.driver.usage, vm["id"])
+        except ComputeError:
+            return None
+        if not counters:
+            return None
+        first = memory.usage_at is None
+        cpu_pct = 0.0
+        if not first and memory.cpu_time_s is not None and now > memory.usage_at:  # type: ignore[operator]
+            cpu_pct = max(0.0, (counters["cpu_time_s"] - memory.cpu_time_s) / (now - memory.usage_at) * 100)  # type: ignore[operator]
+        memory.usage_at, memory.cpu_time_s = now, counters["cpu_time_s"]
+        if first:
+            return None  # the first sample only sets the baseline
+        usage = {"cpu_pct": round(cpu_pct, 1), "ram_used_mb": counters.get("ram_used_mb", 0.0)}
+        for key in ("disk_read_bytes", "disk_write_bytes"):
+            if key in counters:
+                usage[key] = counters[key]
+        return usage
 
 
 def would_move(vm: dict[str, Any], power: str) -> bool:

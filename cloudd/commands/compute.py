@@ -283,6 +283,16 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "error": Field("str", max_len=1000, nullable=True, required=False),
         "vnc_port": Field("int", min=0, max=65535, nullable=True, required=False),
         "action_seq": Field("int", min=0, required=False),
+        "usage": Field(
+            "obj",
+            required=False,
+            spec={
+                "cpu_pct": Field("num", min=0, max=1e6),
+                "ram_used_mb": Field("num", min=0, max=1 << 40),
+                "disk_read_bytes": Field("num", min=0, required=False),
+                "disk_write_bytes": Field("num", min=0, required=False),
+            },
+        ),
     },
     target="id",
     audit=False,
@@ -295,6 +305,10 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         raise CloudError("conflict", f"VM {vm['name']} is assigned to {vm['node']}, not {args['node']}")
     power, error = args["power"], args.get("error")
     vm["observed"] = {"power": power, "ts": ctx.ts, "error": error, "vnc_port": args.get("vnc_port")}
+    if "usage" in args:
+        vm["usage"] = {**args["usage"], "ts": ctx.ts}
+    elif power != "running":
+        vm["usage"] = None
     if args.get("action_seq") is not None and args["action_seq"] >= vm["desired"]["action_seq"]:
         vm["desired"]["action"] = None
     now = vm["state"]

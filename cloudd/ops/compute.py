@@ -89,3 +89,7 @@ class ComputeDriver(Protocol):
 
     def undefine(self, vm_id: str) -> None:
         """Remove the definition (forcing it off first); no-op when absent."""
+
+    def usage(self, vm_id: str) -> dict[str, float]:
+        """Counters of a running domain: ``cpu_time_s`` (cumulative), ``ram_used_mb``,
+        ``disk_read_bytes``, ``disk_write_bytes`` (cumulative, all disks). Empty when off."""

@@ -17,6 +17,7 @@ class FakeCompute:
         self.calls: list[tuple[str, str]] = []
         self.failures: dict[str, str] = {}
         self.resets: dict[str, int] = {}
+        self.cpu_time: dict[str, float] = {}
 
     def fail_next(self, method: str, message: str) -> None:
         self.failures[method] = message
@@ -68,6 +69,12 @@ class FakeCompute:
         self._call("undefine", vm_id)
         self.defined.pop(vm_id, None)
         self.power.pop(vm_id, None)
+
+    def usage(self, vm_id: str) -> dict[str, float]:
+        if self.power.get(vm_id) != "running":
+            return {}
+        self.cpu_time[vm_id] = self.cpu_time.get(vm_id, 0.0) + 1.0  # one CPU-second per call
+        return {"cpu_time_s": self.cpu_time[vm_id], "ram_used_mb": self.defined[vm_id].ram_mb // 2, "disk_read_bytes": 4096.0, "disk_write_bytes": 0.0}
 
     # --- breaking things behind cloudd's back ---
 

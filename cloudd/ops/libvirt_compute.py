@@ -203,6 +203,26 @@ class LibvirtCompute:
     def reboot(self, vm_id: str) -> None:
         self._run(f"rebooting {DOMAIN_PREFIX}{vm_id}", lambda conn: self._need(conn, vm_id).reboot(0))
 
+    def usage(self, vm_id: str) -> dict[str, float]:
+        def read(conn: libvirt.virConnect) -> dict[str, float]:
+            dom = self._domain(conn, vm_id)
+            if dom is None or not dom.isActive():
+                return {}
+            _state, _max_kb, mem_kb, _vcpus, cpu_ns = dom.info()
+            out = {"cpu_time_s": cpu_ns / 1e9, "ram_used_mb": float(mem_kb // 1024)}
+            read_bytes = write_bytes = 0
+            try:
+                for disk in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk/target"):
+                    stats = dom.blockStats(disk.get("dev"))
+                    read_bytes += stats[1]
+                    write_bytes += stats[3]
+                out.update(disk_read_bytes=float(read_bytes), disk_write_bytes=float(write_bytes))
+            except (libvirt.libvirtError, ET.ParseError):
+                pass  # e.g. the test driver has no block statistics
+            return out
+
+        return self._run(f"reading usage of {DOMAIN_PREFIX}{vm_id}", read)
+
     def undefine(self, vm_id: str) -> None:
         def go(conn: libvirt.virConnect) -> None:
             dom = self._domain(conn, vm_id)

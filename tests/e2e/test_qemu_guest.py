@@ -50,6 +50,8 @@ def test_boot_shutdown_start_reset_destroy_undefine(embedded: tuple[LibvirtCompu
     assert info.power == "running" and info.vnc_port is not None and 6900 <= info.vnc_port <= 6949
     with socket.create_connection(("127.0.0.1", info.vnc_port), timeout=5) as vnc:
         assert vnc.recv(12).startswith(b"RFB ")
+    usage = drv.usage("g1")
+    assert usage["cpu_time_s"] > 0 and usage["ram_used_mb"] > 0 and "disk_read_bytes" in usage
     drv.shutdown("g1")  # ACPI power button -> the guest's acpid powers off
     wait_for(lambda: drv.domains()["g1"].power == "shut_off", 30, "clean power-off")
     assert "CLOUDD-GUEST-POWEROFF" in serial(log)

@@ -117,3 +117,19 @@ def test_other_nodes_vms_and_foreign_domains_are_left_alone() -> None:
     env.node_name = "n2"
     step(agent, env)
     assert fake.calls == [] and "vm1" not in fake.defined
+
+
+def test_usage_is_sampled_every_interval_with_cpu_percent_from_the_counters() -> None:
+    replica, env, fake, agent = setup()
+    step(agent, env)  # defines, starts, reports running; first usage sample = the baseline
+    assert replica.state.vms["vm1"].get("usage") is None
+    env.clock = 11.0
+    step(agent, env)  # 10 s later: too early (30 s interval)
+    assert replica.state.vms["vm1"].get("usage") is None
+    env.clock = 31.0
+    step(agent, env)
+    usage = replica.state.vms["vm1"]["usage"]
+    assert usage["cpu_pct"] == round(1.0 / 31.0 * 100, 1) and usage["ram_used_mb"] == 256  # 1 CPU-second in 31 s
+    replica.ok("vm.stop", {"id": "vm1"})
+    step(agent, env)
+    assert replica.state.vms["vm1"]["usage"] is None
