@@ -36,6 +36,11 @@ if [ "${1:-}" = stop ]; then
     d=$RUN/node$i
     for _ in $(seq 1 100); do running "$d" || break; sleep 0.1; done
     if running "$d"; then echo "node$i did not stop" >&2; exit 1; fi
+    # guests of an embedded libvirt outlive cloudd: stop them with their node
+    for pid_file in "$d"/libvirt/run/qemu/cloudd-*.pid; do
+      [ -e "$pid_file" ] || continue
+      kill "$(cat "$pid_file")" 2>/dev/null || true
+    done
     echo "node$i stopped"
   done
   exit 0

@@ -32,6 +32,16 @@ def node(tmp_path_factory: pytest.TempPathFactory, guest: Path) -> Iterator[tupl
             yield cluster, gina
     finally:
         cluster.close()
+        kill_guests(cluster.nodes["node1"].data_dir)
+
+
+def kill_guests(data_dir: Path) -> None:
+    """Guests of an embedded libvirt outlive their cloudd: end the ones this test started."""
+    for pid_file in (data_dir / "libvirt" / "run" / "qemu").glob("cloudd-*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 def vm(client: httpx.Client, vm_id: str) -> dict[str, Any]:
