@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cloudd.alloc.placement import Demand, capacity, eligible, fits, largest_possible, used
+from cloudd.alloc.placement import Demand, eligible, fits, largest_possible, used
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
@@ -329,9 +329,3 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if not error and vm["state"] != "error":
         vm["error"] = None
     return {"id": vm["id"], "state": vm["state"], "desired": dict(vm["desired"])}
-
-
-def node_capacity_view(state: State, name: str) -> dict[str, Any]:
-    cap = capacity(state.nodes[name])
-    use = used(name, state.vms.values())
-    return {"vcpus": cap.vcpus, "ram_mb": cap.ram_mb, "disk_gb": cap.disk_gb, "used": use.__dict__}

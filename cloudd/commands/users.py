@@ -8,7 +8,6 @@ from cloudd.commands.common import (
     OBJECT_ID,
     PASSWORD_HASH,
     SHA256_HEX,
-    TIMESTAMP,
     USER_NAME,
     get_user,
     require_initialized,

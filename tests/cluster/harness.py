@@ -8,7 +8,6 @@ temporary directory.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -236,6 +235,3 @@ class LocalCluster:
             return True
 
         wait_for(linked, timeout, what="all Raft links up")
-
-    def remove_tree(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)

@@ -6,7 +6,6 @@ import copy
 import json
 from typing import Any
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
