@@ -123,11 +123,12 @@ def whoami(ctx: Ctx) -> None:
     run(lambda: emit(ctx.client().request("GET", "/api/v1/auth/whoami"), ctx.output))
 
 
-from cli import commands_cluster, commands_compute, commands_users  # noqa: E402
+from cli import commands_cluster, commands_compute, commands_images, commands_users  # noqa: E402
 
 commands_cluster.register(cli)
 commands_users.register(cli)
 commands_compute.register(cli)
+commands_images.register(cli)
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from cli.client import ApiError, Client, q
 from cli.output import emit
 
 FLAVOR_COLUMNS = ["name", "vcpus", "ram_mb", "disk_gb"]
-IMAGE_COLUMNS = ["id", "name", "format", "size_gb", "os", "public", "owner"]
 VM_COLUMNS = ["id", "name", "state", "node", "vcpus", "ram_mb", "disk_gb", "owner"]
 SETTLED = {"running", "stopped", "error"}
 
@@ -76,41 +75,6 @@ def register(cli: click.Group) -> None:
     def flavor_delete(ctx: Ctx, name: str) -> None:
         """Delete a flavor (admin); VMs keep their sizes."""
         run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/flavors/{q(name)}"), ctx.output))
-
-    @cli.group()
-    def image() -> None:
-        """Images: OS disk templates."""
-
-    @image.command("list")
-    @pass_ctx
-    def image_list(ctx: Ctx) -> None:
-        """List the images you can use."""
-        run(lambda: emit(ctx.client().request("GET", "/api/v1/images", params={"limit": 1000})["items"], ctx.output, IMAGE_COLUMNS))
-
-    @image.command("register")
-    @click.argument("name")
-    @click.option("--path", required=True, help="Absolute path of the image file on every hypervisor.")
-    @click.option("--format", "fmt", type=click.Choice(["qcow2", "raw", "kernel"]), default="qcow2", show_default=True, help="kernel: --path is a directory with vmlinuz and initrd.img, booted directly.")
-    @click.option("--size", "size_gb", type=float, required=True, help="Virtual size in GB.")
-    @click.option("--os", "os_name", default=None)
-    @click.option("--min-ram", "min_ram_mb", type=int, default=None, help="MiB")
-    @click.option("--private", is_flag=True, help="Only you (and admins) can use it.")
-    @pass_ctx
-    def image_register(ctx: Ctx, name: str, path: str, fmt: str, size_gb: float, os_name: str | None, min_ram_mb: int | None, private: bool) -> None:
-        """Register an image file (admin)."""
-        body: dict[str, Any] = {"name": name, "path": path, "format": fmt, "size_gb": size_gb, "public": not private}
-        if os_name:
-            body["os"] = os_name
-        if min_ram_mb is not None:
-            body["min_ram_mb"] = min_ram_mb
-        run(lambda: emit(ctx.client().request("POST", "/api/v1/images", body), ctx.output))
-
-    @image.command("delete")
-    @click.argument("image_id")
-    @pass_ctx
-    def image_delete(ctx: Ctx, image_id: str) -> None:
-        """Unregister an image (refused while VMs use it)."""
-        run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/images/{q(image_id)}"), ctx.output))
 
     @cli.group()
     def vm() -> None:
