@@ -1,57 +1,186 @@
 #!/usr/bin/env bash
 # Build a tiny test guest from Debian packages only:
 #   OUT/vmlinuz      the kernel of Debian's linux-image-amd64
-#   OUT/initrd.img   a busybox initramfs whose /init prints CLOUDD-GUEST-BOOTED on the
-#                    serial console, loads virtio + ACPI button modules and powers off
-#                    when the ACPI power button is pressed (busybox acpid)
-# Usage: scripts/build-guest.sh OUT_DIR     (idempotent: skips what exists)
+#   OUT/initrd.img   a busybox initramfs whose /init
+#                      - loads virtio (pci, blk), virtio-scsi (+ sd, sr), iso9660/vfat and the
+#                        ACPI button modules, in dependency order (from modules.dep)
+#                      - mounts a NoCloud seed (a filesystem labelled cidata), prints
+#                        "CLOUDD-GUEST-SEED hostname=<local-hostname>" and sets the hostname,
+#                        or prints "CLOUDD-GUEST-SEED none"
+#                      - prints CLOUDD-GUEST-BOOTED on the serial console
+#                      - prints "CLOUDD-GUEST-HOTPLUG add|remove <kernel name>" for block
+#                        devices that come or go while it runs
+#                      - offers a root login on tty1 (the VNC screen)
+#                      - powers off when the ACPI power button is pressed (busybox acpid)
+#   OUT/disk.qcow2   a 64 MiB disk (MBR, one FAT16 partition, syslinux) that boots the same
+#                    kernel + initramfs under SeaBIOS, command line "console=tty0 console=ttyS0"
+# The disk is built in userspace (sfdisk, mkfs.fat --offset, syslinux --offset, mtools):
+# no mounts, no loop devices.
+# Usage: scripts/build-guest.sh OUT_DIR
+# Idempotent: OUT/.recipe holds a hash of this script; when it matches, only missing
+# files are built (a missing disk.qcow2 is made from the existing vmlinuz + initrd.img);
+# otherwise everything is rebuilt. Files are replaced by rename, so guests that are
+# starting from OUT never see a half-written file; concurrent runs wait on OUT/.lock.
 set -euo pipefail
 out=${1:?usage: build-guest.sh OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ]; then exit 0; fi
+recipe=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+exec 9>"$out/.lock"
+flock 9
+have() { [ -s "$out/$1" ]; }
+same_recipe() { [ "$(cat "$out/.recipe" 2>/dev/null)" = "$recipe" ]; }
+if same_recipe && have vmlinuz && have initrd.img && have disk.qcow2; then exit 0; fi
 
-for cmd in busybox dpkg-deb apt-get; do
+for cmd in busybox dpkg-deb apt-get sfdisk mkfs.fat syslinux mcopy qemu-img; do
   command -v "$cmd" >/dev/null || { echo "build-guest.sh: $cmd is missing (scripts/install.sh installs it)" >&2; exit 1; }
 done
+mbr=/usr/lib/syslinux/mbr/mbr.bin
+[ -f "$mbr" ] || { echo "build-guest.sh: $mbr is missing (syslinux-common; scripts/install.sh installs it)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-[ -n "$pkg" ] || { echo "build-guest.sh: cannot find the kernel package (apt-get update?)" >&2; exit 1; }
-apt-get download -q "$pkg" >/dev/null 2>&1 || apt-get download "$pkg"
-dpkg-deb -x ./*.deb kernel
-kver=$(ls kernel/lib/modules)
-mods=kernel/lib/modules/$kver/kernel
 
-root=initramfs
-mkdir -p "$root"/{bin,dev,proc,sys,etc/acpi/PWRF,lib/modules}
-cp "$(command -v busybox)" "$root/bin/busybox"
-for m in virtio/virtio.ko virtio/virtio_ring.ko virtio/virtio_pci_legacy_dev.ko virtio/virtio_pci_modern_dev.ko \
-         virtio/virtio_pci.ko block/virtio_blk.ko acpi/button.ko input/evdev.ko; do
-  cp "$mods/drivers/$m" "$root/lib/modules/"
-done
-cat > "$root/etc/acpi/PWRF/00000080" <<'SH'
+# --- the kernel and the initramfs -----------------------------------------------------
+build_initramfs() {  # writes $work/vmlinuz and $work/initrd.img
+  local pkg kver tree root m
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  [ -n "$pkg" ] || { echo "build-guest.sh: cannot find the kernel package (apt-get update?)" >&2; exit 1; }
+  apt-get download -q "$pkg" >/dev/null 2>&1 || apt-get download "$pkg"
+  dpkg-deb -x ./"$pkg"_*.deb kernel
+  kver=$(ls kernel/lib/modules)
+  tree=kernel/lib/modules/$kver
+  # The package ships no modules.dep (postinst runs depmod): make one.
+  [ -s "$tree/modules.dep" ] || busybox depmod -b kernel "$kver"
+
+  root=initramfs
+  mkdir -p "$root"/{bin,dev,proc,sys,tmp,root,mnt/seed,var/run,var/log,etc/acpi/PWRF,lib/modules}
+  cp "$(command -v busybox)" "$root/bin/busybox"
+  # What the guest needs as modules (built in, per config-*: ACPI PCI hot-plug (acpiphp),
+  # PCIe hot-plug, devtmpfs, serial 8250, VGA text console, JOLIET/ZISOFS):
+  #   virtio_pci + virtio_blk   disks, hot-pluggable on pc (i440fx) through acpiphp
+  #   virtio_scsi sd_mod sr_mod SCSI disks and CD-ROMs (seed ISO, hot-plugged media)
+  #   isofs vfat nls_*          seed filesystems (FAT default codepage 437, iocharset ascii)
+  #   button evdev              ACPI power button for acpid
+  # Their dependencies come from modules.dep; each is listed once, after what it needs.
+  local wanted="virtio_pci virtio_blk virtio_scsi sd_mod sr_mod isofs vfat nls_cp437 nls_ascii button evdev"
+  awk -v wanted="$wanted" '
+    { name = $1; sub(/:$/, "", name); key = name; sub(/.*\//, "", key); sub(/\.ko.*$/, "", key)
+      path[key] = name; deps[key] = ""
+      for (i = 2; i <= NF; i++) { d = $i; sub(/.*\//, "", d); sub(/\.ko.*$/, "", d); deps[key] = deps[key] " " d } }
+    function visit(k,   n, i, list) {
+      if (k in done) return
+      if (!(k in path)) { print "build-guest.sh: module " k " not found" > "/dev/stderr"; exit 1 }
+      done[k] = 1
+      n = split(deps[k], list, " ")
+      for (i = 1; i <= n; i++) visit(list[i])
+      print k, path[k]
+    }
+    END { n = split(wanted, w, " "); for (i = 1; i <= n; i++) visit(w[i]) }
+  ' "$tree/modules.dep" > modules.list
+  : > "$root/etc/modules"
+  while read -r name path; do
+    case "$path" in *.ko) ;; *) echo "build-guest.sh: compressed module $path is not supported" >&2; exit 1 ;; esac
+    cp "$tree/$path" "$root/lib/modules/$name.ko"
+    echo "$name" >> "$root/etc/modules"
+  done < modules.list
+
+  cat > "$root/etc/acpi/PWRF/00000080" <<'SH'
 #!/bin/busybox sh
 echo CLOUDD-GUEST-POWEROFF > /dev/console
 /bin/busybox poweroff -f
 SH
-chmod +x "$root/etc/acpi/PWRF/00000080"
-cat > "$root/init" <<'SH'
+  # Called by busybox uevent for every kernel uevent (the kernel has no uevent helper:
+  # CONFIG_UEVENT_HELPER is off, so /proc/sys/kernel/hotplug does not exist).
+  cat > "$root/bin/cloudd-hotplug" <<'SH'
+#!/bin/busybox sh
+[ "$SUBSYSTEM" = block ] || exit 0
+case "$ACTION" in
+  add|remove) echo "CLOUDD-GUEST-HOTPLUG $ACTION ${DEVPATH##*/}" > /dev/console ;;
+esac
+SH
+  # A throw-away test guest reachable only on the host's VNC: root has an EMPTY password
+  # (busybox login lets an empty password field in without asking). Never for real guests.
+  echo 'root::0:0:root:/root:/bin/sh' > "$root/etc/passwd"
+  echo 'root:x:0:' > "$root/etc/group"
+  echo 'cloudd test guest \n \l' > "$root/etc/issue"
+  chmod +x "$root/etc/acpi/PWRF/00000080" "$root/bin/cloudd-hotplug"
+  cat > "$root/init" <<'SH'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
+export PATH=/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk button evdev; do
+while read -r m; do
   insmod /lib/modules/$m.ko 2>/dev/console || echo "insmod $m failed" > /dev/console
-done
-mkdir -p /var/run /var/log
+done < /etc/modules
 acpid -c /etc/acpi -l /dev/console
-echo "CLOUDD-GUEST-BOOTED $(uname -r) disks: $(ls /sys/block | tr '\n' ' ') input: $(ls /dev/input | tr '\n' ' ')" > /dev/console
+
+# NoCloud seed: a filesystem labelled cidata (iso9660 or vfat). Module loading waits for
+# the SCSI scan and driver probes, so the devices present at boot are there by now.
+seed_dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null || true)
+if [ -n "$seed_dev" ] && { mount -r -t iso9660 "$seed_dev" /mnt/seed 2>/dev/null || mount -r -t vfat "$seed_dev" /mnt/seed 2>/dev/null; }; then
+  name=$(sed -n 's/^[[:space:]]*local-hostname[[:space:]]*:[[:space:]]*//p' /mnt/seed/meta-data 2>/dev/null | head -n 1 | tr -d "\"'\r" | sed 's/[[:space:]]*$//')
+  echo "CLOUDD-GUEST-SEED hostname=$name" > /dev/console
+  [ -z "$name" ] || hostname "$name"
+  [ ! -f /mnt/seed/user-data ] || echo "CLOUDD-GUEST-SEED user-data-bytes=$(wc -c < /mnt/seed/user-data)" > /dev/console
+else
+  echo "CLOUDD-GUEST-SEED none" > /dev/console
+fi
+
+uevent /bin/cloudd-hotplug &
+# the VNC screen: a login prompt on tty1, again after each logout
+(while true; do getty 38400 tty1 linux; sleep 1; done) </dev/null >/dev/null 2>&1 &
+
+disks=$( (ls /sys/block | grep '^vd'; ls /sys/block | grep -v '^vd') | tr '\n' ' ')
+echo "CLOUDD-GUEST-BOOTED $(uname -r) disks: $disks input: $(ls /dev/input | tr '\n' ' ')" > /dev/console
 while true; do sleep 3600; done
 SH
-chmod +x "$root/init"
-(cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$out/initrd.img"
-cp "kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
-echo "guest kernel $kver and initramfs in $out"
+  chmod +x "$root/init"
+  (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > initrd.img
+  cp "kernel/boot/vmlinuz-$kver" vmlinuz
+}
+
+# --- the bootable disk ----------------------------------------------------------------
+build_disk() {  # $1 vmlinuz, $2 initrd.img -> $work/disk.qcow2
+  local img=disk.img size_mib=64 start=2048  # partition at 1 MiB (sectors of 512 bytes)
+  local offset=$((start * 512)) sectors=$((size_mib * 2048 - start))
+  truncate -s "${size_mib}M" "$img"
+  printf 'label: dos\nstart=%d, size=%d, type=6, bootable\n' "$start" "$sectors" | sfdisk -q "$img"
+  mkfs.fat -F 16 -n CLOUDDBOOT -h "$start" --offset "$start" "$img" $((sectors / 2)) >/dev/null
+  syslinux --offset "$offset" --install "$img"
+  cat > syslinux.cfg <<'CFG'
+SERIAL 0 115200
+DEFAULT cloudd
+PROMPT 0
+TIMEOUT 0
+LABEL cloudd
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND console=tty0 console=ttyS0
+CFG
+  cp "$1" vmlinuz.disk
+  cp "$2" initrd.disk
+  mcopy -o -i "$img@@$offset" syslinux.cfg ::/syslinux.cfg
+  mcopy -o -i "$img@@$offset" vmlinuz.disk ::/vmlinuz
+  mcopy -o -i "$img@@$offset" initrd.disk ::/initrd.img
+  dd if="$mbr" of="$img" bs=440 count=1 conv=notrunc status=none
+  qemu-img convert -f raw -O qcow2 "$img" disk.qcow2
+}
+
+publish() {  # copy next to the target, then rename over it
+  local f
+  for f in "$@"; do cp "$f" "$out/.$f.new" && mv -f "$out/.$f.new" "$out/$f"; done
+}
+if same_recipe && have vmlinuz && have initrd.img; then
+  build_disk "$out/vmlinuz" "$out/initrd.img"
+  publish disk.qcow2
+else
+  rm -f "$out/.recipe"
+  build_initramfs
+  build_disk vmlinuz initrd.img
+  publish vmlinuz initrd.img disk.qcow2
+  echo "$recipe" > "$out/.recipe"
+fi
+echo "guest kernel, initramfs and disk.qcow2 in $out"
