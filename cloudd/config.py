@@ -48,6 +48,8 @@ class ComputeSettings:
     vnc_port_min: int = 5900
     vnc_port_max: int = 6899
     reconcile_interval_s: float = 2.0
+    swap_dir: str = ""  # the node's local fast storage for swap disks; "" = <data dir>/vms
+    image_upload_max_gb: float = 64.0  # GiB; a larger upload is refused with 413
 
 
 @dataclass

@@ -67,12 +67,20 @@ ARGS: dict[str, Any] = {
             "name": st.sampled_from(["deb", "alp"]),
             "owner": NAMES,
             "public": st.booleans(),
-            "format": st.sampled_from(["qcow2", "raw"]),
+            "format": st.sampled_from(["qcow2", "raw", "iso"]),
             "path": st.just("/img"),
             "size_gb": st.integers(0, 10),
         }
     ),
     "image.delete": st.fixed_dictionaries({"id": st.sampled_from(["i1", "i2"])}),
+    "image.create": st.fixed_dictionaries(
+        {"id": st.sampled_from(["i1", "i2", "i3"]), "name": st.sampled_from(["deb", "iso"]), "owner": NAMES, "public": st.booleans(), "format": st.sampled_from(["qcow2", "raw", "iso"])}
+    ),
+    "image.upload_done": st.fixed_dictionaries(
+        {"id": st.sampled_from(["i1", "i2", "i3"]), "node": st.sampled_from(["n1", "n2"]), "size_bytes": st.integers(1, 10**9), "virtual_size_gb": st.floats(0.001, 100), "sha256": st.just("ab" * 32)}
+    ),
+    "image.upload_failed": st.fixed_dictionaries({"id": st.sampled_from(["i1", "i2", "i3"]), "reason": st.just("bad file")}),
+    "image.copied": st.fixed_dictionaries({"id": st.sampled_from(["i1", "i2", "i3"]), "node": st.sampled_from(["n1", "n2"])}),
     "vm.create": st.one_of(
         st.fixed_dictionaries(
             {"id": VM_IDS, "name": st.sampled_from(["web", "db"]), "owner": st.just("bob"), "flavor": st.just("s")},
@@ -87,6 +95,8 @@ ARGS: dict[str, Any] = {
             "disk_gb": st.integers(0, 100),
             "image": st.sampled_from(["i1", "i2"]),
             "power": st.sampled_from(["running", "stopped"]),
+            "swap_mb": st.integers(-1, 4096),
+            "iso": st.sampled_from(["i1", "i2"]),
         },
         ),
     ),
@@ -98,6 +108,10 @@ ARGS: dict[str, Any] = {
     "vm.reset": st.fixed_dictionaries({"id": VM_IDS}),
     "vm.reboot": st.fixed_dictionaries({"id": VM_IDS}),
     "vm.delete": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.disk.add": st.fixed_dictionaries({"id": VM_IDS, "disk_id": st.sampled_from(["d1", "d2"]), "size_gb": st.integers(0, 200)}),
+    "vm.disk.remove": st.fixed_dictionaries({"id": VM_IDS, "disk_id": st.sampled_from(["d1", "d2"])}),
+    "vm.iso.attach": st.fixed_dictionaries({"id": VM_IDS, "image": st.sampled_from(["i1", "i2"])}),
+    "vm.iso.detach": st.fixed_dictionaries({"id": VM_IDS}),
     "vm.report": st.fixed_dictionaries(
         {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
         optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3)},
