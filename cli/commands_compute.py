@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import IO, Any, Callable
 
 import click
 
@@ -78,7 +78,8 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def vm() -> None:
-        """Virtual machines: create, list, show, start, stop, shutdown, reset, reboot, delete.
+        """Virtual machines: create, list, show, start, stop, shutdown, reset, reboot, delete,
+        attach-iso, detach-iso, disk-add, disk-remove.
 
         \b
         Examples:
@@ -116,19 +117,30 @@ def register(cli: click.Group) -> None:
     @click.option("--disk", "disk_gb", type=float, default=None, help="GB")
     @click.option("--image", default=None, help="Image name or id.")
     @click.option("--ssh-key", "ssh_keys", multiple=True, help="An SSH public key (repeatable).")
+    @click.option("--user-data", type=click.File("r"), default=None, help="A cloud-init user-data file (#cloud-config, a script, …).")
+    @click.option("--swap", "swap_mb", type=int, default=None, help="A swap disk of this many MiB on the node's local storage.")
+    @click.option("--iso", default=None, help="An ISO image (name or id) to insert as the CD-ROM (booted when the disk is blank).")
     @click.option("--ha/--no-ha", default=False, help="Restart it elsewhere when its node dies.")
     @click.option("--stopped", is_flag=True, help="Create it without starting it.")
     @wait_option
     @timeout_option
     @pass_ctx
-    def vm_create(ctx: Ctx, name: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, image: str | None, ssh_keys: tuple[str, ...], ha: bool, stopped: bool, wait: bool, timeout: float) -> None:
-        """Create a VM from a flavor (or explicit sizes) and an image."""
+    def vm_create(ctx: Ctx, name: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, image: str | None, ssh_keys: tuple[str, ...], user_data: IO[str] | None, swap_mb: int | None, iso: str | None, ha: bool, stopped: bool, wait: bool, timeout: float) -> None:
+        """Create a VM from a flavor (or explicit sizes) and an image.
+
+        \b
+        Examples:
+          cloudctl vm create web1 --flavor small --image tiny-disk --ssh-key "$(cat ~/.ssh/id_ed25519.pub)" --wait
+          cloudctl vm create db1 --vcpus 2 --ram 2048 --disk 20 --image debian-12 --swap 1024 --user-data init.yaml
+        """
         body: dict[str, Any] = {"name": name, "ha": ha, "power": "stopped" if stopped else "running"}
-        for key, value in (("flavor", flavor), ("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb), ("image", image)):
+        for key, value in (("flavor", flavor), ("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb), ("image", image), ("swap_mb", swap_mb), ("iso", iso)):
             if value is not None:
                 body[key] = value
         if ssh_keys:
             body["ssh_keys"] = list(ssh_keys)
+        if user_data is not None:
+            body["user_data"] = user_data.read()
 
         def go() -> None:
             client = ctx.client()
@@ -160,6 +172,31 @@ def register(cli: click.Group) -> None:
     action_command("stop", {"stopped"}, "Force a VM off at once.")
     action_command("reset", None, "Hard-reset a running VM.")
     action_command("reboot", None, "Ask a running VM's guest to reboot.")
+
+    def device_command(name: str, method: str, path: str, doc: str, body: Callable[..., dict[str, Any] | None], *params: Callable[[Any], Any]) -> None:
+        @vm.command(name, help=doc)
+        @click.argument("vm_ref", metavar="VM")
+        @pass_ctx
+        def command(ctx: Ctx, vm_ref: str, **kwargs: Any) -> None:
+            url = f"/api/v1/vms/{q(vm_ref)}/" + path.format(**{k: q(str(v)) for k, v in kwargs.items()})
+            run(lambda: emit(ctx.client().request(method, url, body(**kwargs)), ctx.output))
+
+        for param in reversed(params):
+            command = param(command)
+
+    device_command(
+        "attach-iso", "POST", "iso", "Insert an ISO image (name or id) as the VM's CD-ROM; hot-plugged when it runs.",
+        lambda image: {"image": image}, click.argument("image"),
+    )
+    device_command("detach-iso", "DELETE", "iso", "Eject the VM's ISO.", lambda: None)
+    device_command(
+        "disk-add", "POST", "disks", "Add a blank extra disk; hot-plugged when the VM runs.  Example: cloudctl vm disk-add web1 --size 10",
+        lambda size: {"size_gb": size}, click.option("--size", type=float, required=True, help="GB"),
+    )
+    device_command(
+        "disk-remove", "DELETE", "disks/{disk_id}", "Unplug an extra disk and delete it with its data (see 'vm show' for ids).",
+        lambda disk_id: None, click.argument("disk_id"),
+    )
 
     @vm.command("delete")
     @click.argument("vm_ref", metavar="VM")

@@ -18,7 +18,7 @@ from cloudd.manager import Manager
 from cloudd.ops.libvirt_compute import LibvirtCompute
 from cloudd.ops.local_disk import LocalDisks
 from cloudd.raft.node import ReplicatedState
-from cloudd.reconcile import ReconcileSettings, VmReconciler
+from cloudd.reconcile import ImageSource, ImagesByPath, ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
 from cloudd.web.app import create_app
@@ -87,6 +87,19 @@ def wake_on_vm_commands(raft: ReplicatedState, loop: asyncio.AbstractEventLoop, 
     raft.apply_hooks.append(hook)
 
 
+def wake_on_domain_events(reconciler: VmReconciler, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+    """A domain that changed behind cloudd's back (or a lost hypervisor connection) wakes
+    the reconciler at once instead of at its next period."""
+
+    def changed(_vm_id: str | None) -> None:
+        try:
+            loop.call_soon_threadsafe(wake.set)
+        except RuntimeError:  # loop closed at shutdown
+            pass
+
+    reconciler.driver.watch(changed)
+
+
 def _remember_peers(runtime: NodeRuntime) -> None:
     """Keep node.json's voter list current so a restart finds the cluster."""
     voters = runtime.raft.voter_addrs() if runtime.raft.is_voter else None
@@ -101,7 +114,7 @@ def _remember_peers(runtime: NodeRuntime) -> None:
         runtime.config.save()
 
 
-def make_reconciler(config: NodeConfig) -> VmReconciler | None:
+def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None) -> VmReconciler | None:
     """The VM reconcile loop of a hypervisor node (None on storage-only nodes)."""
     if "hypervisor" not in config.roles:
         return None
@@ -118,8 +131,10 @@ def make_reconciler(config: NodeConfig) -> VmReconciler | None:
             shutdown_timeout_s=settings.shutdown_timeout_s,
             drift=settings.drift,
             vm_dir=str(Path(config.data_dir) / "vms"),
+            swap_dir=settings.swap_dir,
         ),
         disks=None if settings.domain_type == "test" else LocalDisks(),
+        image_source=image_source or ImagesByPath(),
     )
 
 
@@ -143,7 +158,7 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     stop = asyncio.Event()
     agent = Agent(config.data_dir, config.roles)
     manager = Manager(config.timings)
-    reconciler = make_reconciler(config)
+    reconciler = make_reconciler(config, runtime.images)
     manager_wake, reconcile_wake = asyncio.Event(), asyncio.Event()
     wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake])
     tasks = [
@@ -152,7 +167,14 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
         asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(_remember_peers, runtime), stop)),
     ]
     if reconciler is not None:
-        tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, lambda: reconciler.step(runtime.env), stop, reconcile_wake)))
+        wake_on_domain_events(reconciler, asyncio.get_running_loop(), reconcile_wake)
+
+        async def reconcile() -> None:
+            await reconciler.step(runtime.env)
+            await runtime.images.report_copies(runtime.env)  # image copies fetched for VMs
+
+        tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, reconcile, stop, reconcile_wake)))
+    tasks.append(asyncio.create_task(_every(60.0, lambda: runtime.images.prune(runtime.env.images()), stop)))
     log.info("node %s serving the API on http://%s (raft %s, %s)", config.name, config.api_addr, config.raft_addr, config.membership)
     try:
         await server.serve()

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cloudd.alloc.placement import Demand, choose_node
+from cloudd.alloc.placement import choose_node, demand_of
 from cloudd.config import Timings
 from cloudd.env import Env, try_propose
 
@@ -110,7 +110,7 @@ class Manager:
         vms = env.vms()
         decisions: list[tuple[str, str | None]] = []
         for vm in sorted((v for v in vms.values() if v["state"] == "pending"), key=lambda v: (v["created_at"], v["id"])):
-            node, rejected = choose_node(nodes, vms, Demand(vm["vcpus"], vm["ram_mb"], vm["disk_gb"]))
+            node, rejected = choose_node(nodes, vms, demand_of(vm))
             decisions.append((vm["id"], node))
             if node is not None:
                 if await try_propose(env, "vm.place", {"id": vm["id"], "node": node}, f"placing VM {vm['id']}"):

@@ -14,11 +14,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from cloudd.env import Env, try_propose
-from cloudd.ops.compute import ComputeDriver, ComputeError, DiskSpec, DomainInfo, DomainSpec
+from cloudd.ops.cloudinit import write_seed
+from cloudd.ops.compute import ComputeDriver, ComputeError, DomainInfo, DomainSpec
 from cloudd.ops.local_disk import LocalDisks
+from cloudd.vm_layout import seed_data, VmLayout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +34,7 @@ class ReconcileSettings:
     call_timeout_s: float = 30.0
     drift: str = "repair"  # or "report"
     vm_dir: str = "/var/lib/cloudd/vms"
+    swap_dir: str = ""  # the node's local fast storage; "" = vm_dir
     usage_interval_s: float = 30.0
 
 
@@ -45,12 +48,25 @@ class VmMemory:
     cpu_time_s: float | None = None
 
 
+class ImageSource(Protocol):
+    async def local_path(self, image: dict[str, Any]) -> str:
+        """A path on this node where the image's file can be read (fetching it if needed)."""
+
+
+class ImagesByPath:
+    """Images registered by a path that exists on every hypervisor."""
+
+    async def local_path(self, image: dict[str, Any]) -> str:
+        return str(image["path"])
+
+
 @dataclass
 class VmReconciler:
     driver: ComputeDriver
     settings: ReconcileSettings = field(default_factory=ReconcileSettings)
     memory: dict[str, VmMemory] = field(default_factory=dict)
     disks: LocalDisks | None = None  # None: the hypervisor needs no files (libvirt's test driver)
+    image_source: ImageSource = field(default_factory=ImagesByPath)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -58,34 +74,54 @@ class VmReconciler:
         except asyncio.TimeoutError:
             raise ComputeError(f"hypervisor call {getattr(fn, '__name__', fn)} timed out", transient=True) from None
 
-    def vm_dir(self, vm_id: str) -> Path:
-        return Path(self.settings.vm_dir) / vm_id
+    @property
+    def layout(self) -> VmLayout:
+        return VmLayout(Path(self.settings.vm_dir), Path(self.settings.swap_dir or self.settings.vm_dir))
 
-    def spec(self, vm: dict[str, Any], image: dict[str, Any] | None) -> DomainSpec:
-        vm_dir = self.vm_dir(vm["id"])
-        boot: dict[str, Any] = {}
+    async def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> DomainSpec:
+        """The domain this VM should have now."""
+        image = images.get(vm.get("image") or "")
+        boot: dict[str, str] = {}
         if image is not None and image["format"] == "kernel":
             boot = {"kernel": f"{image['path']}/vmlinuz", "initrd": f"{image['path']}/initrd.img", "cmdline": "console=ttyS0"}
-        return DomainSpec(
-            vm_id=vm["id"],
-            name=vm["name"],
-            vcpus=vm["vcpus"],
-            ram_mb=vm["ram_mb"],
-            disks=(DiskSpec(str(vm_dir / "disk.qcow2")),),
-            domain_type=self.settings.domain_type,
-            vnc_listen=self.settings.vnc_listen,
-            vnc_password=vm.get("vnc_password"),
-            serial_log=str(vm_dir / "serial.log"),
-            **boot,
-        )
+        iso_path = None
+        if vm.get("iso"):
+            iso = images.get(vm["iso"])
+            if iso is None:
+                raise ComputeError(f"ISO image {vm['iso']} is gone")
+            iso_path = await self.image_source.local_path(iso)
+        return self.layout.spec(vm, boot, iso_path, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen)
 
-    async def create_disk(self, vm: dict[str, Any], image: dict[str, Any] | None) -> None:
+    async def ensure_files(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> None:
+        """Create every file the VM's domain refers to (each step idempotent)."""
         if self.disks is None:
             return
+        layout, vm_id = self.layout, vm["id"]
+        image = images.get(vm.get("image") or "")
         backing = backing_format = None
         if image is not None and image["format"] in ("qcow2", "raw"):
-            backing, backing_format = image["path"], image["format"]
-        await self._call(self.disks.ensure, self.vm_dir(vm["id"]) / "disk.qcow2", vm["disk_gb"], backing, backing_format)
+            backing, backing_format = await self.image_source.local_path(image), image["format"]
+        await self._call(self.disks.ensure, layout.root_disk(vm_id), vm["disk_gb"], backing, backing_format)
+        if vm.get("swap_mb"):
+            await self._call(self.disks.ensure, layout.swap_disk(vm_id), vm["swap_mb"] / 1024)
+        for extra in vm.get("disks", ()):
+            await self._call(self.disks.ensure, layout.extra_disk(vm_id, extra["id"]), extra["size_gb"])
+        await self._call(write_seed, layout.seed(vm_id), seed_data(vm))
+
+    async def remove_files(self, vm_id: str) -> None:
+        if self.disks is not None:
+            await self._call(self.disks.remove_all, self.layout.dir(vm_id))
+            await self._call(self.disks.remove, self.layout.swap_disk(vm_id))
+
+    async def remove_stale_disks(self, spec: DomainSpec, seen: DomainInfo) -> None:
+        """Delete extra-disk files the VM no longer has (once no longer plugged in)."""
+        if self.disks is None:
+            return
+        keep = {d.path for d in spec.disks} | set(seen.live_disks.values())
+        for path in await self._call(self.disks.list, self.layout.dir(spec.vm_id), "disk-*.qcow2"):
+            if str(path) not in keep:
+                log.info("VM %s: removing the disk file %s it no longer has", spec.name, path.name)
+                await self._call(self.disks.remove, path)
 
     async def step(self, env: Env) -> None:
         """One pass over this node's VMs."""
@@ -100,7 +136,7 @@ class VmReconciler:
             memory = self.memory.setdefault(vm_id, VmMemory())
             error = None
             try:
-                await self._converge(env, vm, actual.get(vm_id), memory, images.get(vm.get("image") or ""))
+                await self._converge(env, vm, actual.get(vm_id), memory, images)
             except ComputeError as exc:
                 if exc.transient:
                     log.warning("VM %s: %s (will retry)", vm["name"], exc)
@@ -119,25 +155,31 @@ class VmReconciler:
         if strangers:
             log.debug("domains not assigned to this node (left alone): %s", ", ".join(strangers))
 
-    async def _converge(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, image: dict[str, Any] | None) -> None:
+    async def _converge(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, images: dict[str, dict[str, Any]]) -> None:
         vm_id, state, desired = vm["id"], vm["state"], vm["desired"]
         if state == "deleting":
             if seen is not None:
                 await self._call(self.driver.undefine, vm_id)
-            if self.disks is not None:
-                await self._call(self.disks.remove_all, self.vm_dir(vm_id))
+            await self.remove_files(vm_id)
             return
         if state in ("pending", "migrating", "error") and seen is None:
             return
         repair = self.settings.drift == "repair" or state in ("creating", "starting", "stopping")
+        spec = await self.spec(vm, images)
         if seen is None:
             if state != "creating":
                 log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
             if not repair:
                 return
-            await self.create_disk(vm, image)
-            await self._call(self.driver.define, self.spec(vm, image))
-            seen = DomainInfo(vm_id, "shut_off")
+            await self.ensure_files(vm, images)
+            await self._call(self.driver.define, spec)
+            seen = DomainInfo(vm_id, "shut_off", digest=spec.digest)
+        elif seen.digest != spec.digest:
+            await self.ensure_files(vm, images)
+            await self._call(self.driver.define, spec)  # the persistent definition; live changes below
+        if seen.power == "running" and self.driver.hotplug:
+            await self._hotplug(spec, seen)
+        await self.remove_stale_disks(spec, seen)
         running = seen.power in ("running", "paused")
         if desired["power"] == "running":
             memory.shutdown_since = None
@@ -168,16 +210,30 @@ class VmReconciler:
             await self._call(self.driver.destroy, vm_id)
             memory.shutdown_since = None
 
+    async def _hotplug(self, spec: DomainSpec, seen: DomainInfo) -> None:
+        """Make the running guest's disks match the spec: unplug what went, plug what came
+        (a changed ISO is unplugged in this pass and the new one plugged in the next)."""
+        wanted = {d.target: d for d in spec.disks}
+        for target, path in sorted(seen.live_disks.items()):
+            if target not in wanted or (path and path != wanted[target].path):
+                log.info("VM %s: unplugging %s", spec.name, target)
+                await self._call(self.driver.detach_live, spec.vm_id, target)
+        for target, disk in sorted(wanted.items()):
+            if target not in seen.live_disks:
+                log.info("VM %s: plugging in %s (%s)", spec.name, target, Path(disk.path).name)
+                await self._call(self.driver.attach_live, spec.vm_id, disk)
+
     async def _report(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, error: str | None) -> None:
         power = seen.power if seen else "absent"
         vnc = seen.vnc_port if seen else None
+        disks = sorted(seen.live_disks) if seen else []
         observed = vm.get("observed") or {}
-        news = (observed.get("power"), observed.get("error"), observed.get("vnc_port")) != (power, error, vnc)
+        news = (observed.get("power"), observed.get("error"), observed.get("vnc_port"), observed.get("disks", [])) != (power, error, vnc, disks)
         acknowledges = vm["desired"]["action"] is not None and memory.action_done >= vm["desired"]["action_seq"]
         usage = await self._sample_usage(env, vm, power, memory)
         if not (news or acknowledges or error or usage or would_move(vm, power)):
             return
-        args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc}
+        args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc, "disks": disks}
         if usage:
             args["usage"] = usage
         if memory.action_done:

@@ -37,6 +37,15 @@ def capacity(node: Mapping[str, Any]) -> Capacity:
     )
 
 
+def vm_disk_gb(vm: Mapping[str, Any]) -> float:
+    """All the node-local disk a VM takes: its OS disk, swap and extra disks."""
+    return vm["disk_gb"] + vm.get("swap_mb", 0) / 1024 + sum(d["size_gb"] for d in vm.get("disks", ()))
+
+
+def demand_of(vm: Mapping[str, Any]) -> Demand:
+    return Demand(vm["vcpus"], vm["ram_mb"], vm_disk_gb(vm))
+
+
 def used(node_name: str, vms: Iterable[Mapping[str, Any]]) -> Demand:
     vcpus = ram = 0
     disk = 0.0
@@ -44,7 +53,7 @@ def used(node_name: str, vms: Iterable[Mapping[str, Any]]) -> Demand:
         if vm.get("node") == node_name:
             vcpus += vm["vcpus"]
             ram += vm["ram_mb"]
-            disk += vm["disk_gb"]
+            disk += vm_disk_gb(vm)
     return Demand(vcpus, ram, disk)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cloudd.alloc.placement import Demand, eligible, fits, largest_possible, used
+from cloudd.alloc.placement import demand_of, eligible, fits, largest_possible, used
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
@@ -22,6 +22,8 @@ VCPUS = Field("int", min=1, max=256)
 RAM_MB = Field("int", min=64, max=4 << 20)
 DISK_GB = Field("num", min=1, max=64 << 10)
 FLAVOR_NAME = Field("str", pattern=re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$"))
+DISK_TARGET_RE = re.compile(r"^(vd|sd)[a-z]{1,2}$")
+SWAP_MB = Field("int", min=0, max=64 << 10, required=False)
 SSH_KEY = Field("str", max_len=16 << 10, check=lambda v: None if v.startswith(("ssh-", "ecdsa-", "sk-")) else "is not an SSH public key")
 
 
@@ -30,6 +32,18 @@ def get_vm(state: State, vm_id: str) -> dict[str, Any]:
     if vm is None:
         raise CloudError("not_found", f"VM {vm_id} not found")
     return vm
+
+
+def usable_iso(state: State, image_id: str, owner: str) -> dict[str, Any]:
+    """The ISO image ``image_id`` if ``owner`` may use it (404 otherwise, 409 not ready)."""
+    image = state.images.get(image_id)
+    if image is None or not (image["public"] or image["owner"] == owner):
+        raise CloudError("not_found", f"image {image_id} not found")
+    if image["format"] != "iso":
+        raise CloudError("invalid", f"image {image['name']} is {image['format']}, not an ISO")
+    if image.get("state", "ready") != "ready":
+        raise CloudError("conflict", f"image {image['name']} is {image['state']}, not ready", {"state": image["state"]})
+    return image
 
 
 @command("flavor.create", {"name": FLAVOR_NAME, "vcpus": VCPUS, "ram_mb": RAM_MB, "disk_gb": DISK_GB})
@@ -68,6 +82,8 @@ def flavor_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
         "ssh_keys": Field("list", max_len=16, item=SSH_KEY, required=False),
         "user_data": Field("str", max_len=64 << 10, required=False),
         "vnc_password": Field("str", pattern=re.compile(r"^[A-Za-z0-9]{8}$"), required=False),
+        "swap_mb": SWAP_MB,
+        "iso": Field("str", pattern=OBJECT_ID.pattern, required=False),
     },
     target="id",
     volatile=("vnc_password",),
@@ -101,10 +117,17 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
             raise CloudError("invalid", f"image {image['name']} needs a disk of at least {max(image['min_disk_gb'], image['size_gb']):g} GB")
         if sizes["ram_mb"] < image["min_ram_mb"]:
             raise CloudError("invalid", f"image {image['name']} needs at least {image['min_ram_mb']} MiB of RAM")
+    if image is not None and image["format"] == "iso":
+        raise CloudError("invalid", f"image {image['name']} is an ISO: give it as iso, with a blank disk")
+    if image is not None and image.get("state", "ready") != "ready":
+        raise CloudError("conflict", f"image {image['name']} is {image['state']}, not ready", {"state": image["state"]})
+    if args.get("iso"):
+        usable_iso(state, args["iso"], args["owner"])
     biggest = largest_possible(state.nodes)
-    for key, have in (("vcpus", biggest.vcpus), ("ram_mb", biggest.ram_mb), ("disk_gb", biggest.disk_gb)):
-        if sizes[key] > have:
-            raise CloudError("invalid", f"{key}={sizes[key]:g} is more than any hypervisor has ({have:g})", {"field": key})
+    total_disk = sizes["disk_gb"] + args.get("swap_mb", 0) / 1024
+    for key, want, have in (("vcpus", sizes["vcpus"], biggest.vcpus), ("ram_mb", sizes["ram_mb"], biggest.ram_mb), ("disk_gb", total_disk, biggest.disk_gb)):
+        if want > have:
+            raise CloudError("invalid", f"{key}={want:g} is more than any hypervisor has ({have:g})", {"field": key})
     vm = {
         "id": args["id"],
         "name": args["name"],
@@ -112,6 +135,9 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "flavor": args.get("flavor"),
         **sizes,
         "image": args.get("image"),
+        "iso": args.get("iso"),
+        "swap_mb": args.get("swap_mb", 0),
+        "disks": [],
         "ha": args.get("ha", False),
         "ha_priority": args.get("ha_priority", 0),
         "ssh_keys": args.get("ssh_keys", []),
@@ -137,7 +163,7 @@ def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]
     node = get_node(state, args["node"])
     if vm["state"] != "pending":
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}, not pending", {"state": vm["state"]})
-    reason = eligible(node) or fits(node, Demand(vm["vcpus"], vm["ram_mb"], vm["disk_gb"]), used(node["name"], state.vms.values()))
+    reason = eligible(node) or fits(node, demand_of(vm), used(node["name"], state.vms.values()))
     if reason:
         raise CloudError("conflict", f"node {node['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = node["name"]
@@ -242,6 +268,7 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "error": Field("str", max_len=1000, nullable=True, required=False),
         "vnc_port": Field("int", min=0, max=65535, nullable=True, required=False),
         "action_seq": Field("int", min=0, required=False),
+        "disks": Field("list", max_len=32, item=Field("str", pattern=DISK_TARGET_RE), required=False),
         "usage": Field(
             "obj",
             required=False,
@@ -263,7 +290,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if vm["node"] != args["node"]:
         raise CloudError("conflict", f"VM {vm['name']} is assigned to {vm['node']}, not {args['node']}")
     power, error = args["power"], args.get("error")
-    vm["observed"] = {"power": power, "ts": ctx.ts, "error": error, "vnc_port": args.get("vnc_port")}
+    vm["observed"] = {"power": power, "ts": ctx.ts, "error": error, "vnc_port": args.get("vnc_port"), "disks": args.get("disks", [])}
     if "usage" in args:
         vm["usage"] = {**args["usage"], "ts": ctx.ts}
     elif power != "running":

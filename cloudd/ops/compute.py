@@ -8,8 +8,9 @@ manages are named ``cloudd-<vm id>``; others on the host are never touched. Erro
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 DOMAIN_PREFIX = "cloudd-"
 
@@ -24,12 +25,16 @@ class ComputeError(Exception):
 
 @dataclass(frozen=True)
 class DiskSpec:
+    """One disk or CD-ROM. ``target`` (``vda``, ``sdb``…) identifies it on the domain;
+    ``serial`` shows in the guest as ``/dev/disk/by-id/virtio-<serial>``."""
+
     path: str
     format: str = "qcow2"  # qcow2 | raw
     target: str = "vda"
-    bus: str = "virtio"
+    bus: str = "virtio"  # virtio (virtio-blk) | scsi (on the virtio-scsi controller)
     device: str = "disk"  # disk | cdrom
     readonly: bool = False
+    serial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,20 @@ class DomainSpec:
     def domain_name(self) -> str:
         return DOMAIN_PREFIX + self.vm_id
 
+    @property
+    def digest(self) -> str:
+        """A short hash of the whole spec: stored in the domain's metadata, so an agent can
+        tell whether the definition on the host is the one it would write now."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class DomainInfo:
     vm_id: str
     power: str  # running | shut_off | paused | crashed
     vnc_port: int | None = None
+    digest: str | None = None  # DomainSpec.digest of the persistent definition
+    live_disks: dict[str, str] = field(default_factory=dict)  # target -> source path, while running
 
 
 class ComputeDriver(Protocol):
@@ -68,6 +81,11 @@ class ComputeDriver(Protocol):
 
     def domains(self) -> dict[str, DomainInfo]:
         """cloudd's domains on this host by VM id (absent VMs are simply missing)."""
+
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        """Call ``on_change(vm_id)`` (from another thread) when one of cloudd's domains
+        changes state or loses a device, and ``on_change(None)`` when the connection to
+        the hypervisor closes. Only a hint to look sooner: the agent still polls."""
 
     def define(self, spec: DomainSpec) -> None:
         """Create or update the domain definition (takes effect at next start if running)."""
@@ -86,6 +104,19 @@ class ComputeDriver(Protocol):
 
     def reboot(self, vm_id: str) -> None:
         """Ask the guest to reboot (ACPI)."""
+
+    @property
+    def hotplug(self) -> bool:
+        """Whether disks can be attached to and detached from a running domain (libvirt's
+        test driver cannot: there a changed definition waits for the next start)."""
+
+    def attach_live(self, vm_id: str, disk: DiskSpec) -> None:
+        """Hot-plug ``disk`` into the running domain; no-op when its target is there already.
+        Only the live domain changes: ``define`` keeps the persistent definition."""
+
+    def detach_live(self, vm_id: str, target: str) -> None:
+        """Hot-unplug the disk at ``target``; no-op when absent. A virtio-blk unplug needs
+        the guest's consent and completes later: the next ``domains()`` tells."""
 
     def undefine(self, vm_id: str) -> None:
         """Remove the definition (forcing it off first); no-op when absent."""

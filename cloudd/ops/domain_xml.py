@@ -9,7 +9,9 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 
-from cloudd.ops.compute import DomainSpec
+from cloudd.ops.compute import DiskSpec, DomainSpec
+
+CLOUDD_NS = "https://cloudd.dev/xmlns/domain/1"
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -32,7 +34,7 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(dom, "uuid", str(domain_uuid(spec.vm_id)))  # stable, so a redefine updates in place
     _sub(dom, "title", spec.name)
     meta = _sub(dom, "metadata")
-    ET.SubElement(meta, "{https://cloudd.dev/xmlns/domain/1}vm", {"id": spec.vm_id})
+    ET.SubElement(meta, f"{{{CLOUDD_NS}}}vm", {"id": spec.vm_id, "digest": spec.digest})
     _sub(dom, "memory", str(spec.ram_mb), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     os_el = _sub(dom, "os")
@@ -48,6 +50,7 @@ def domain_xml(spec: DomainSpec) -> str:
             _sub(os_el, "cmdline", spec.cmdline)
     else:
         _sub(os_el, "boot", dev="hd")
+        _sub(os_el, "boot", dev="cdrom")  # a blank disk falls through to an install ISO
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
@@ -57,12 +60,7 @@ def domain_xml(spec: DomainSpec) -> str:
     devices = _sub(dom, "devices")
     _sub(devices, "controller", type="scsi", model="virtio-scsi", index="0")
     for disk in spec.disks:
-        d = _sub(devices, "disk", type="file", device=disk.device)
-        _sub(d, "driver", name="qemu", type=disk.format, cache="none" if disk.device == "disk" else "default")
-        _sub(d, "source", file=disk.path)
-        _sub(d, "target", dev=disk.target, bus=disk.bus)
-        if disk.readonly or disk.device == "cdrom":
-            _sub(d, "readonly")
+        devices.append(disk_element(disk))
     for bridge in spec.interfaces:
         nic = _sub(devices, "interface", type="bridge")
         _sub(nic, "source", bridge=bridge)
@@ -78,5 +76,31 @@ def domain_xml(spec: DomainSpec) -> str:
         graphics["passwd"] = spec.vnc_password
     _sub(devices, "graphics", **graphics)
     _sub(devices, "memballoon", model="virtio")
-    ET.register_namespace("cloudd", "https://cloudd.dev/xmlns/domain/1")
+    ET.register_namespace("cloudd", CLOUDD_NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+def disk_element(disk: DiskSpec) -> ET.Element:
+    d = ET.Element("disk", {"type": "file", "device": disk.device})
+    _sub(d, "driver", name="qemu", type=disk.format, cache="none" if disk.device == "disk" else "default")
+    _sub(d, "source", file=disk.path)
+    _sub(d, "target", dev=disk.target, bus=disk.bus)
+    if disk.readonly or disk.device == "cdrom":
+        _sub(d, "readonly")
+    if disk.serial:
+        _sub(d, "serial", disk.serial)
+    return d
+
+
+def disk_xml(disk: DiskSpec) -> str:
+    """One ``<disk>`` device, for hot-plugging."""
+    return ET.tostring(disk_element(disk), encoding="unicode")
+
+
+def digest_of(xml: str) -> str | None:
+    """The spec digest cloudd stored in a domain's metadata (None when absent)."""
+    try:
+        vm = ET.fromstring(xml).find(f"./metadata/{{{CLOUDD_NS}}}vm")
+    except ET.ParseError:
+        return None
+    return vm.get("digest") if vm is not None else None

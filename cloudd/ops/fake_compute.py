@@ -6,12 +6,17 @@ things behind cloudd's back (``kill``, ``forget``) or make calls fail (``fail_ne
 
 from __future__ import annotations
 
-from cloudd.ops.compute import ComputeError, DomainInfo, DomainSpec
+from typing import Callable
+
+from cloudd.ops.compute import ComputeError, DiskSpec, DomainInfo, DomainSpec
 
 
 class FakeCompute:
-    def __init__(self, honours_acpi: bool = True) -> None:
+    def __init__(self, honours_acpi: bool = True, hotplug: bool = True) -> None:
         self.defined: dict[str, DomainSpec] = {}
+        self.live: dict[str, dict[str, str]] = {}  # running domains: target -> path
+        self.hotplug = hotplug
+        self.on_change: Callable[[str | None], None] | None = None
         self.power: dict[str, str] = {}
         self.honours_acpi = honours_acpi
         self.calls: list[tuple[str, str]] = []
@@ -32,7 +37,14 @@ class FakeCompute:
             raise ComputeError(f"domain cloudd-{vm_id} is not defined")
 
     def domains(self) -> dict[str, DomainInfo]:
-        return {vm_id: DomainInfo(vm_id, self.power[vm_id], 5900 if self.power[vm_id] == "running" else None) for vm_id in self.defined}
+        out = {}
+        for vm_id, spec in self.defined.items():
+            running = self.power[vm_id] == "running"
+            out[vm_id] = DomainInfo(vm_id, self.power[vm_id], 5900 if running else None, spec.digest, dict(self.live.get(vm_id, {})) if running else {})
+        return out
+
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        self.on_change = on_change
 
     def define(self, spec: DomainSpec) -> None:
         self._call("define", spec.vm_id)
@@ -42,7 +54,21 @@ class FakeCompute:
     def start(self, vm_id: str) -> None:
         self._call("start", vm_id)
         self._need(vm_id)
+        if self.power[vm_id] != "running":
+            self.live[vm_id] = {d.target: d.path for d in self.defined[vm_id].disks}
         self.power[vm_id] = "running"
+
+    def attach_live(self, vm_id: str, disk: DiskSpec) -> None:
+        self._call("attach_live", vm_id)
+        self._need(vm_id)
+        if self.power[vm_id] == "running":
+            self.live[vm_id].setdefault(disk.target, disk.path)
+
+    def detach_live(self, vm_id: str, target: str) -> None:
+        self._call("detach_live", vm_id)
+        self._need(vm_id)
+        if self.power[vm_id] == "running":
+            self.live[vm_id].pop(target, None)
 
     def shutdown(self, vm_id: str) -> None:
         self._call("shutdown", vm_id)
@@ -69,6 +95,7 @@ class FakeCompute:
         self._call("undefine", vm_id)
         self.defined.pop(vm_id, None)
         self.power.pop(vm_id, None)
+        self.live.pop(vm_id, None)
 
     def usage(self, vm_id: str) -> dict[str, float]:
         if self.power.get(vm_id) != "running":
@@ -80,6 +107,8 @@ class FakeCompute:
 
     def kill(self, vm_id: str) -> None:
         self.power[vm_id] = "shut_off"
+        if self.on_change is not None:
+            self.on_change(vm_id)
 
     def forget(self, vm_id: str) -> None:
         self.defined.pop(vm_id, None)

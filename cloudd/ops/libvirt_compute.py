@@ -17,8 +17,8 @@ from typing import Any, Callable, TypeVar
 
 import libvirt
 
-from cloudd.ops.compute import DOMAIN_PREFIX, ComputeError, DomainInfo, DomainSpec
-from cloudd.ops.domain_xml import domain_xml
+from cloudd.ops.compute import DOMAIN_PREFIX, ComputeError, DiskSpec, DomainInfo, DomainSpec
+from cloudd.ops.domain_xml import digest_of, disk_xml, domain_xml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,11 +101,43 @@ class LibvirtCompute:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._on_change: Callable[[str | None], None] | None = None
         self.embed_root: Path | None = None
+        ensure_event_loop()  # domain events, keepalive; the embedded driver needs it too
         if uri.startswith("qemu:///embed"):
             prepare_embed_root(uri, vnc_range)
-            ensure_event_loop()
             self.embed_root = Path(parse_qs(urlparse(uri).query)["root"][0])
+
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        with self._lock:
+            self._on_change = on_change
+            if self._conn is not None:
+                self._arm(self._conn)
+
+    def _notify(self, domain_name: str | None) -> None:
+        callback = self._on_change
+        if callback is None:
+            return
+        if domain_name is None:
+            callback(None)
+        elif domain_name.startswith(DOMAIN_PREFIX):
+            callback(domain_name[len(DOMAIN_PREFIX):])
+
+    def _arm(self, conn: libvirt.virConnect) -> None:
+        """Subscribe to this connection's events (again after every reconnect)."""
+        if self._on_change is None:
+            return
+        try:
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda _c, dom, _e, _d, _o: self._notify(dom.name()), None)
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, lambda _c, dom, _dev, _o: self._notify(dom.name()), None)
+        except libvirt.libvirtError as exc:
+            log.info("libvirt at %s offers no domain events (%s): polling only", self.uri, exc.get_error_message())
+        if urlparse(self.uri).path == "/system" or "+" in urlparse(self.uri).scheme:  # a daemon at the other end
+            try:
+                conn.registerCloseCallback(lambda _c, _reason, _o: self._notify(None), None)
+                conn.setKeepAlive(5, 3)  # a hung libvirtd is noticed within ~20 s
+            except libvirt.libvirtError as exc:
+                log.info("libvirt keepalive unavailable: %s", exc.get_error_message())
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
@@ -120,6 +152,7 @@ class LibvirtCompute:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
             raise ComputeError(f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}", transient=True) from None
+        self._arm(self._conn)
         return self._conn
 
     def _run(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
@@ -154,21 +187,34 @@ class LibvirtCompute:
                 name = dom.name()
                 if not name.startswith(DOMAIN_PREFIX):
                     continue
-                state = dom.state()[0]
-                power = POWER.get(state, "shut_off")
-                out[name[len(DOMAIN_PREFIX):]] = DomainInfo(name[len(DOMAIN_PREFIX):], power, self._vnc_port(dom) if power == "running" else None)
+                try:
+                    out[name[len(DOMAIN_PREFIX):]] = self._info(dom, name[len(DOMAIN_PREFIX):])
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished while listing
+                        raise
             return out
 
         return self._run("listing domains", read)
 
     @staticmethod
-    def _vnc_port(dom: libvirt.virDomain) -> int | None:
+    def _info(dom: libvirt.virDomain, vm_id: str) -> DomainInfo:
+        power = POWER.get(dom.state()[0], "shut_off")
+        digest = digest_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) if dom.isPersistent() else None
+        if power not in ("running", "paused"):
+            return DomainInfo(vm_id, power, None, digest)
         try:
-            graphics = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='vnc']")
-        except (libvirt.libvirtError, ET.ParseError):
-            return None
+            live = ET.fromstring(dom.XMLDesc(0))
+        except ET.ParseError:
+            return DomainInfo(vm_id, power, None, digest)
+        graphics = live.find("./devices/graphics[@type='vnc']")
         port = graphics.get("port") if graphics is not None else None
-        return int(port) if port and port.isdigit() and int(port) > 0 else None
+        disks = {}
+        for disk in live.findall("./devices/disk"):
+            target, source = disk.find("target"), disk.find("source")
+            if target is not None and target.get("dev"):
+                disks[str(target.get("dev"))] = (source.get("file") or "") if source is not None else ""
+        vnc = int(port) if port and port.isdigit() and int(port) > 0 else None
+        return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks)
 
     def define(self, spec: DomainSpec) -> None:
         self._run(f"defining {spec.domain_name}", lambda conn: conn.defineXML(domain_xml(spec)))
@@ -202,6 +248,42 @@ class LibvirtCompute:
 
     def reboot(self, vm_id: str) -> None:
         self._run(f"rebooting {DOMAIN_PREFIX}{vm_id}", lambda conn: self._need(conn, vm_id).reboot(0))
+
+    @property
+    def hotplug(self) -> bool:
+        return not self.uri.startswith("test:")
+
+    def attach_live(self, vm_id: str, disk: DiskSpec) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._need(conn, vm_id)
+            if not dom.isActive() or self._live_target(dom, disk.target) is not None:
+                return
+            dom.attachDeviceFlags(disk_xml(disk), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        self._run(f"attaching {disk.target} to {DOMAIN_PREFIX}{vm_id}", go)
+
+    def detach_live(self, vm_id: str, target: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._need(conn, vm_id)
+            element = self._live_target(dom, target) if dom.isActive() else None
+            if element is None:
+                return
+            try:
+                dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                # the guest has not yet acknowledged an earlier unplug request: still pending
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED or "in progress" not in (exc.get_error_message() or ""):
+                    raise
+
+        self._run(f"detaching {target} from {DOMAIN_PREFIX}{vm_id}", go)
+
+    @staticmethod
+    def _live_target(dom: libvirt.virDomain, target: str) -> ET.Element | None:
+        for disk in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk"):
+            t = disk.find("target")
+            if t is not None and t.get("dev") == target:
+                return disk
+        return None
 
     def usage(self, vm_id: str) -> dict[str, float]:
         def read(conn: libvirt.virConnect) -> dict[str, float]:

@@ -39,6 +39,13 @@ class LocalDisks:
             raise ComputeError(f"creating disk {path.name} timed out", transient=True) from None
         os.replace(tmp, path)
 
+    def remove(self, path: Path) -> None:
+        """Delete one disk file; no-op when it is gone."""
+        path.unlink(missing_ok=True)
+
+    def list(self, directory: Path, pattern: str) -> list[Path]:
+        return sorted(directory.glob(pattern)) if directory.is_dir() else []
+
     def remove_all(self, vm_dir: Path) -> None:
         """Remove the VM's directory (disks, serial log); nothing else."""
         if vm_dir.is_dir():

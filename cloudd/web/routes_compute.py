@@ -50,6 +50,18 @@ def routes(api: Api) -> list[Route]:
             raise CloudError("not_found", f"VM {ref} not found")
         return dict(named[0])
 
+    def image_id(ref: str, owner: str) -> str:
+        """An image id from an id or a name the owner can use (left as is when unknown:
+        the command answers 404)."""
+        with runtime.raft.lock:
+            images = runtime.raft.state.images
+            if ref in images:
+                return ref
+            named = [i for i in images.values() if i["name"] == ref and (i["public"] or i["owner"] == owner)]
+        if len(named) > 1:
+            raise CloudError("conflict", f"several images are named {ref}: use the id", {"ids": sorted(i["id"] for i in named)})
+        return named[0]["id"] if named else ref
+
     @guarded
     async def flavors_list(request: Request) -> Response:
         await api.principal(request)
@@ -115,19 +127,17 @@ def routes(api: Api) -> list[Route]:
                 "ha_priority": Field("int", required=False),
                 "ssh_keys": Field("list", max_len=16, item=SSH_KEY, required=False),
                 "user_data": Field("str", max_len=64 << 10, required=False),
+                "swap_mb": Field("int", required=False),
+                "iso": Field("str", max_len=128, required=False),
                 "owner": Field("str", max_len=64, required=False),
             },
         )
         owner = body.pop("owner", principal.name)
         if owner != principal.name and not principal.is_admin:
             raise CloudError("forbidden", "only admins create VMs for other users")
-        if body.get("image"):
-            with runtime.raft.lock:
-                images = runtime.raft.state.images
-                if body["image"] not in images:  # allow the image's name too
-                    named = [i for i in images.values() if i["name"] == body["image"] and (i["public"] or i["owner"] == owner)]
-                    if len(named) == 1:
-                        body["image"] = named[0]["id"]
+        for key in ("image", "iso"):
+            if body.get(key):
+                body[key] = image_id(body[key], owner)
         # VNC allows at most 8 characters of password; the port is on the node's address
         vnc_password = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(8))
         args = {"id": secrets.token_hex(8), "owner": owner, **body, "vnc_password": vnc_password}
@@ -161,6 +171,39 @@ def routes(api: Api) -> list[Route]:
         result, index = await api.commit(request, principal, VM_ACTIONS[action], {"id": vm["id"]})
         return json_response(result, status=202, index=index)
 
+    @guarded
+    async def vm_disk_add(request: Request) -> Response:
+        principal = await api.principal(request)
+        body = await read_json(request, {"size_gb": Field("num")})
+        vm = find_vm(principal, request.path_params["ref"])
+        args = {"id": vm["id"], "disk_id": secrets.token_hex(6), "size_gb": body["size_gb"]}
+        result, index = await api.commit(request, principal, "vm.disk.add", args)
+        return json_response(result, status=202, index=index)
+
+    @guarded
+    async def vm_disk_remove(request: Request) -> Response:
+        principal = await api.principal(request)
+        vm = find_vm(principal, request.path_params["ref"])
+        args = {"id": vm["id"], "disk_id": request.path_params["disk_id"]}
+        result, index = await api.commit(request, principal, "vm.disk.remove", args)
+        return json_response(result, status=202, index=index)
+
+    @guarded
+    async def vm_iso_attach(request: Request) -> Response:
+        principal = await api.principal(request)
+        body = await read_json(request, {"image": Field("str", max_len=128)})
+        vm = find_vm(principal, request.path_params["ref"])
+        args = {"id": vm["id"], "image": image_id(body["image"], vm["owner"])}
+        result, index = await api.commit(request, principal, "vm.iso.attach", args)
+        return json_response(result, status=202, index=index)
+
+    @guarded
+    async def vm_iso_detach(request: Request) -> Response:
+        principal = await api.principal(request)
+        vm = find_vm(principal, request.path_params["ref"])
+        result, index = await api.commit(request, principal, "vm.iso.detach", {"id": vm["id"]})
+        return json_response(result, status=202, index=index)
+
     return [
         Route("/api/v1/flavors", flavors_list, methods=["GET"]),
         Route("/api/v1/flavors", flavors_create, methods=["POST"]),
@@ -169,5 +212,9 @@ def routes(api: Api) -> list[Route]:
         Route("/api/v1/vms", vms_create, methods=["POST"]),
         Route("/api/v1/vms/{ref}", vms_show, methods=["GET"]),
         Route("/api/v1/vms/{ref}", vms_delete, methods=["DELETE"]),
+        Route("/api/v1/vms/{ref}/disks", vm_disk_add, methods=["POST"]),
+        Route("/api/v1/vms/{ref}/disks/{disk_id}", vm_disk_remove, methods=["DELETE"]),
+        Route("/api/v1/vms/{ref}/iso", vm_iso_attach, methods=["POST"]),
+        Route("/api/v1/vms/{ref}/iso", vm_iso_detach, methods=["DELETE"]),
         Route("/api/v1/vms/{ref}/{action}", vms_action, methods=["POST"]),
     ]

@@ -127,3 +127,33 @@ def test_the_agent_runs_the_vm_through_its_lifecycle_on_libvirt(users: dict[str,
     wait_for(lambda: vm_of(erin, vm_id)["state"] == "stopped", what="VM forced off")
     assert erin.delete(f"/api/v1/vms/{vm_id}").status_code == 202
     wait_for(lambda: erin.get(f"/api/v1/vms/{vm_id}").status_code == 404, what="VM gone")
+
+
+def test_extra_disks_and_isos_through_the_api(shared_cluster: LocalCluster, users: dict[str, httpx.Client]) -> None:
+    erin, frank = users["erin"], users["frank"]
+    with shared_cluster.api("node1") as admin:
+        admin.post("/api/v1/images", json={"name": "installer", "path": "/srv/isos/installer.iso", "format": "iso", "size_gb": 1}).raise_for_status()
+    vm_id = erin.post("/api/v1/vms", json={"name": "devices", "flavor": "tiny", "swap_mb": 256, "power": "stopped"}).json()["id"]
+    wait_for(lambda: vm_of(erin, vm_id)["state"] == "stopped", what="VM defined")
+    added = erin.post(f"/api/v1/vms/{vm_id}/disks", json={"size_gb": 2})
+    assert added.status_code == 202 and added.json()["disk"]["target"] == "vdc"
+    disk_id = added.json()["disk"]["id"]
+    assert erin.post(f"/api/v1/vms/{vm_id}/iso", json={"image": "installer"}).status_code == 202
+    vm = vm_of(erin, vm_id, added.headers["X-Cloudd-Index"])
+    assert vm["swap_mb"] == 256 and [d["id"] for d in vm["disks"]] == [disk_id]
+    # someone else's VM is not there; bad input is 4xx and changes nothing
+    assert frank.post(f"/api/v1/vms/{vm_id}/disks", json={"size_gb": 1}).status_code == 404
+    assert frank.delete(f"/api/v1/vms/{vm_id}/iso").status_code == 404
+    assert erin.post(f"/api/v1/vms/{vm_id}/disks", json={"size_gb": -1}).status_code == 400
+    assert erin.post(f"/api/v1/vms/{vm_id}/disks", json={"size": 1}).status_code == 400
+    assert erin.post(f"/api/v1/vms/{vm_id}/iso", json={"image": "busybox"}).status_code == 400  # not an ISO
+    assert erin.post(f"/api/v1/vms/{vm_id}/iso", json={"image": "no-such"}).status_code == 404
+    assert erin.delete(f"/api/v1/vms/{vm_id}/disks/nope").status_code == 404
+    assert erin.delete(f"/api/v1/vms/{vm_id}/disks/..%2f..").status_code in (400, 404)
+    assert [d["id"] for d in vm_of(erin, vm_id)["disks"]] == [disk_id] and vm_of(erin, vm_id)["iso"] is not None
+    assert erin.delete(f"/api/v1/vms/{vm_id}/disks/{disk_id}").status_code == 202
+    assert erin.delete(f"/api/v1/vms/{vm_id}/iso").status_code == 202
+    assert erin.delete(f"/api/v1/vms/{vm_id}/iso").status_code == 409
+    vm = vm_of(erin, vm_id)
+    assert vm["disks"] == [] and vm["iso"] is None
+    assert erin.delete(f"/api/v1/vms/{vm_id}").status_code == 202

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 import xml.etree.ElementTree as ET
 from typing import Iterator
 
 import pytest
 
 from cloudd.ops.compute import ComputeDriver, ComputeError, DiskSpec, DomainSpec
-from cloudd.ops.domain_xml import domain_xml
+from cloudd.ops.domain_xml import disk_xml, domain_xml
 from cloudd.ops.fake_compute import FakeCompute
 from cloudd.ops.libvirt_compute import LibvirtCompute
 
@@ -84,3 +85,44 @@ def test_domain_xml_has_virtio_scsi_serial_log_and_escaped_values() -> None:
     assert root.find("./devices/serial/log").get("file") == "/srv/abc/serial.log"
     graphics = root.find("./devices/graphics")
     assert graphics.get("listen") == "10.0.0.5" and graphics.get("passwd") == "s3cret"
+
+
+def test_the_definition_carries_the_spec_digest(driver: tuple[ComputeDriver, str]) -> None:
+    drv, domain_type = driver
+    s = spec(domain_type)
+    drv.define(s)
+    assert drv.domains()[s.vm_id].digest == s.digest
+    bigger = DomainSpec(s.vm_id, s.name, 2, 128, s.disks, domain_type=domain_type)
+    assert bigger.digest != s.digest
+    drv.define(bigger)
+    assert drv.domains()[s.vm_id].digest == bigger.digest
+    drv.start(s.vm_id)
+    assert set(drv.domains()[s.vm_id].live_disks) == {"vda"}
+    drv.undefine(s.vm_id)
+
+
+def test_domain_events_reach_the_watcher(driver: tuple[ComputeDriver, str]) -> None:
+    drv, domain_type = driver
+    seen: list[str | None] = []
+    drv.watch(seen.append)
+    s = spec(domain_type)
+    drv.define(s)
+    drv.start(s.vm_id)
+    if isinstance(drv, FakeCompute):
+        drv.kill(s.vm_id)  # behind cloudd's back
+    else:
+        drv.destroy(s.vm_id)
+    deadline = time.monotonic() + 5
+    while s.vm_id not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s.vm_id in seen
+    drv.undefine(s.vm_id)
+
+
+def test_hot_plug_disk_xml_has_the_serial_and_the_scsi_cdrom_is_read_only() -> None:
+    cd = ET.fromstring(disk_xml(DiskSpec("/isos/x.iso", format="raw", target="sdb", bus="scsi", device="cdrom")))
+    assert cd.get("device") == "cdrom" and cd.find("target").get("bus") == "scsi" and cd.find("readonly") is not None
+    extra = ET.fromstring(disk_xml(DiskSpec("/srv/d.qcow2", target="vdc", serial="abc123")))
+    assert extra.findtext("serial") == "abc123" and extra.find("readonly") is None
+    root = ET.fromstring(domain_xml(DomainSpec("v", "v", 1, 128, (DiskSpec("/a"),))))
+    assert [b.get("dev") for b in root.findall("./os/boot")] == ["hd", "cdrom"]
