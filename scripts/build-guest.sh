@@ -113,13 +113,22 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 while read -r m; do
-  insmod /lib/modules/$m.ko 2>/dev/console || echo "insmod $m failed" > /dev/console
+  params=
+  # scan SCSI buses while the module loads (the default scans in the background), so the
+  # seed CD-ROM is there before we look for it
+  [ "$m" != scsi_mod ] || params=scan=sync
+  insmod /lib/modules/$m.ko $params 2>/dev/console || echo "insmod $m failed" > /dev/console
 done < /etc/modules
 acpid -c /etc/acpi -l /dev/console
 
 # NoCloud seed: a filesystem labelled cidata (iso9660 or vfat). Module loading waits for
 # the SCSI scan and driver probes, so the devices present at boot are there by now.
-seed_dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null || true)
+seed_dev=
+for _ in 1 2 3 4 5 6 7 8 9 10; do  # a probe may still be finishing: look for up to 1 s
+  seed_dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null || true)
+  [ -z "$seed_dev" ] && ls /sys/block | grep -q '^sr' || break
+  sleep 0.1
+done
 if [ -n "$seed_dev" ] && { mount -r -t iso9660 "$seed_dev" /mnt/seed 2>/dev/null || mount -r -t vfat "$seed_dev" /mnt/seed 2>/dev/null; }; then
   name=$(sed -n 's/^[[:space:]]*local-hostname[[:space:]]*:[[:space:]]*//p' /mnt/seed/meta-data 2>/dev/null | head -n 1 | tr -d "\"'\r" | sed 's/[[:space:]]*$//')
   echo "CLOUDD-GUEST-SEED hostname=$name" > /dev/console

@@ -98,6 +98,9 @@ def _seed_files(seed: SeedData) -> dict[str, bytes]:
     return files
 
 
+MIN_SEED_BYTES = 256 << 10
+
+
 def _seed_image(files: dict[str, bytes]) -> bytes:
     """The ISO image holding ``files``; not byte-for-byte reproducible (pycdlib stamps the time)."""
     iso = pycdlib.PyCdlib()
@@ -107,7 +110,9 @@ def _seed_image(files: dict[str, bytes]) -> bytes:
     image = io.BytesIO()
     iso.write_fp(image)
     iso.close()
-    return image.getvalue()
+    # zero padding past the volume's end: some probers (busybox's findfs/blkid, as in small
+    # rescue images) read 68 KiB at once and skip a device that is smaller
+    return image.getvalue().ljust(MIN_SEED_BYTES, b"\0")
 
 
 def _read_seed_files(path: Path) -> dict[str, bytes] | None:

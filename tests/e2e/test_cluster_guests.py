@@ -26,6 +26,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, guest: Path) -> Iterator[tupl
         with cluster.api("node1") as admin:
             admin.post("/api/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).raise_for_status()
             admin.post("/api/v1/images", json={"name": "test-guest", "path": str(guest), "format": "kernel", "size_gb": 1}).raise_for_status()
+            admin.post("/api/v1/images", json={"name": "tiny-disk", "path": str(guest / "disk.qcow2"), "format": "qcow2", "size_gb": 0.0625}).raise_for_status()
+            admin.post("/api/v1/images", json={"name": "tools-cd", "path": str(tools_iso(guest.parent / "cloudd-test-tools.iso")), "format": "iso", "size_gb": 0.01}).raise_for_status()
             admin.post("/api/v1/users", json={"name": "gina", "password": "gina-pass-1"}).raise_for_status()
         token = httpx.post(cluster.nodes["node1"].url + "/api/v1/auth/login", json={"username": "gina", "password": "gina-pass-1"}).json()["token"]
         with httpx.Client(base_url=cluster.nodes["node1"].url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as gina:
@@ -33,6 +35,24 @@ def node(tmp_path_factory: pytest.TempPathFactory, guest: Path) -> Iterator[tupl
     finally:
         cluster.close()
         kill_guests(cluster.nodes["node1"].data_dir)
+
+
+def tools_iso(path: Path) -> Path:
+    """A small ISO image to insert as a CD-ROM."""
+    if not path.exists():
+        import io
+
+        import pycdlib
+
+        iso = pycdlib.PyCdlib()
+        iso.new(interchange_level=3, rock_ridge="1.09", vol_ident="TOOLS")
+        data = b"cloudd tools\n"
+        iso.add_fp(io.BytesIO(data), len(data), "/README.;1", rr_name="README")
+        tmp = path.with_suffix(".tmp")
+        iso.write(str(tmp))
+        iso.close()
+        tmp.replace(path)
+    return path
 
 
 def kill_guests(data_dir: Path) -> None:
@@ -123,3 +143,41 @@ def test_bad_requests_leave_nothing_on_the_host(node: tuple[LocalCluster, httpx.
     time.sleep(3)
     after = sorted(p.name for p in (cluster.nodes["node1"].data_dir / "vms").glob("*")) if (cluster.nodes["node1"].data_dir / "vms").exists() else []
     assert after == before
+
+
+def serial_text(cluster: LocalCluster, vm_id: str) -> str:
+    path = vm_dir(cluster, vm_id) / "serial.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_vm_boots_from_the_disk_image_with_its_seed_and_takes_disks_and_isos_while_running(node: tuple[LocalCluster, httpx.Client]) -> None:
+    cluster, gina = node
+    created = gina.post("/api/v1/vms", json={"name": "diskful", "flavor": "tiny", "image": "tiny-disk", "swap_mb": 64})
+    assert created.status_code == 202, created.text
+    vm_id = created.json()["id"]
+    wait_for(lambda: MARKER in serial_text(cluster, vm_id), 120, what="boot marker from the disk image")
+    text = serial_text(cluster, vm_id)
+    assert "CLOUDD-GUEST-SEED hostname=diskful" in text  # the cloud-init seed reached the guest
+    assert "console=tty0 console=ttyS0" in text  # booted by the disk's own bootloader, not by libvirt
+    assert "disks: vda vdb" in text  # OS disk and swap
+    wait_for(lambda: vm(gina, vm_id)["observed"].get("disks") == ["sda", "vda", "vdb"], 30, what="disks reported")
+
+    added = gina.post(f"/api/v1/vms/{vm_id}/disks", json={"size_gb": 1})
+    assert added.status_code == 202
+    disk_id = added.json()["disk"]["id"]
+    wait_for(lambda: "CLOUDD-GUEST-HOTPLUG add vdc" in serial_text(cluster, vm_id), 60, what="the guest sees the new disk")
+    assert (vm_dir(cluster, vm_id) / f"disk-{disk_id}.qcow2").exists()
+    assert gina.post(f"/api/v1/vms/{vm_id}/iso", json={"image": "tools-cd"}).status_code == 202
+    wait_for(lambda: "CLOUDD-GUEST-HOTPLUG add sr1" in serial_text(cluster, vm_id), 60, what="the guest sees the CD-ROM")
+    wait_for(lambda: vm(gina, vm_id)["observed"].get("disks") == ["sda", "sdb", "vda", "vdb", "vdc"], 30, what="devices reported")
+
+    assert gina.delete(f"/api/v1/vms/{vm_id}/iso").status_code == 202
+    wait_for(lambda: "CLOUDD-GUEST-HOTPLUG remove sr1" in serial_text(cluster, vm_id), 60, what="the CD-ROM ejected")
+    assert gina.delete(f"/api/v1/vms/{vm_id}/disks/{disk_id}").status_code == 202
+    wait_for(lambda: "CLOUDD-GUEST-HOTPLUG remove vdc" in serial_text(cluster, vm_id), 60, what="the disk unplugged")
+    wait_for(lambda: not (vm_dir(cluster, vm_id) / f"disk-{disk_id}.qcow2").exists(), 30, what="the disk file deleted")
+    assert vm(gina, vm_id)["state"] == "running" and serial_text(cluster, vm_id).count(MARKER) == 1  # never rebooted
+
+    gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
+    wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")
+    assert not vm_dir(cluster, vm_id).exists() and not (vm_dir(cluster, vm_id).parent / f"{vm_id}-swap.qcow2").exists()

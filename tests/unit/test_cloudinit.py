@@ -138,3 +138,11 @@ def test_write_failure_is_a_compute_error_and_leaves_no_temp_file(tmp_path: Path
     with pytest.raises(ComputeError, match="writing cloud-init seed"):
         write_seed(tmp_path / "seed.iso", SeedData("i-1", "web-1"))
     assert [p.name for p in tmp_path.iterdir()] == ["seed.iso"]
+
+
+def test_the_seed_is_padded_for_probers_that_read_68_kib_at_once(tmp_path: Path) -> None:
+    from cloudd.ops.cloudinit import MIN_SEED_BYTES
+
+    path = tmp_path / "seed.iso"
+    write_seed(path, SeedData("i-1", "small"))
+    assert path.stat().st_size >= MIN_SEED_BYTES >= 0x11000
