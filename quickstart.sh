@@ -98,10 +98,10 @@ for f in "tiny 1 128 1" "small 1 512 5" "medium 2 2048 20"; do
   set -- $f
   "$CLOUDCTL" flavor create "$1" --vcpus "$2" --ram "$3" --disk "$4" > /dev/null 2>&1 || true
 done
-if [ "$COMPUTE_URI" = embedded ]; then
-  bash scripts/build-guest.sh "$RUN/guest" > /dev/null
-  "$CLOUDCTL" image register tiny-test-guest --path "$RUN/guest" --format kernel --size 1 --os busybox > /dev/null 2>&1 || true
-fi
+# the default image: a tiny bootable disk (syslinux + Debian kernel + busybox) built from
+# Debian packages; it reads its cloud-init seed and shows a login prompt on the VNC console
+bash scripts/build-guest.sh "$RUN/guest" > /dev/null
+"$CLOUDCTL" image register tiny-disk --path "$RUN/guest/disk.qcow2" --format qcow2 --size 0.0625 --os busybox > /dev/null 2>&1 || true
 "$CLOUDCTL" cluster status
 
 cat <<TXT
@@ -111,7 +111,7 @@ cloudd is running: $NODES nodes on this machine.
   API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
-                   $CLOUDCTL vm create web1 --flavor tiny --image tiny-test-guest --wait
+                   $CLOUDCTL vm create web1 --flavor tiny --image tiny-disk --wait
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
   Hypervisors:     $HYPERVISORS
 TXT
