@@ -102,6 +102,7 @@ done
 # Debian packages; it reads its cloud-init seed and shows a login prompt on the VNC console
 bash scripts/build-guest.sh "$RUN/guest" > /dev/null
 "$CLOUDCTL" image register tiny-disk --path "$RUN/guest/disk.qcow2" --format qcow2 --size 0.0625 --os busybox > /dev/null 2>&1 || true
+"$CLOUDCTL" image set-default tiny-disk > /dev/null
 "$CLOUDCTL" cluster status
 
 cat <<TXT
@@ -111,7 +112,7 @@ cloudd is running: $NODES nodes on this machine.
   API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
-                   $CLOUDCTL vm create web1 --flavor tiny --image tiny-disk --wait
+                   $CLOUDCTL vm create web1 --flavor tiny --wait     (boots tiny-disk, the default image)
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
   Hypervisors:     $HYPERVISORS
 TXT

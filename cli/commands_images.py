@@ -13,7 +13,7 @@ import httpx
 from cli.client import ApiError, Client, q
 from cli.output import emit
 
-IMAGE_COLUMNS = ["id", "name", "format", "state", "size_gb", "os", "public", "owner"]
+IMAGE_COLUMNS = ["id", "name", "default", "format", "state", "size_gb", "os", "public", "owner"]
 UPLOAD_BLOCK = 1 << 20
 UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0)  # the node checks the whole file before it answers
 
@@ -123,6 +123,15 @@ def register(cli: click.Group) -> None:
         if min_ram_mb is not None:
             body["min_ram_mb"] = min_ram_mb
         run(lambda: emit(ctx.client().request("POST", "/api/v1/images", body), ctx.output))
+
+    @image.command("set-default")
+    @click.argument("image_ref", metavar="IMAGE")
+    @click.option("--unset", is_flag=True, help="Make no image the default (VMs created without one get a blank disk).")
+    @pass_ctx
+    def image_set_default(ctx: Ctx, image_ref: str, unset: bool) -> None:
+        """Make a public OS image the one VMs get when they name none (admin)."""
+        method = "DELETE" if unset else "POST"
+        run(lambda: emit(ctx.client().request(method, f"/api/v1/images/{q(image_ref)}/default"), ctx.output))
 
     @image.command("delete")
     @click.argument("image_ref")

@@ -85,4 +85,5 @@ def seed_data(vm: dict[str, Any]) -> SeedData:
         hostname=vm["name"],
         ssh_keys=tuple(vm.get("ssh_keys") or ()),
         user_data=vm.get("user_data"),
+        swap_device="/dev/disk/by-id/virtio-swap" if vm.get("swap_mb") else None,
     )

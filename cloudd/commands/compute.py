@@ -109,6 +109,8 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         if key not in sizes:
             raise CloudError("invalid", f"give a flavor or {key}", {"field": key})
     image = None
+    if "image" not in args and not args.get("iso") and state.cluster.get("default_image"):
+        args = {**args, "image": state.cluster["default_image"]}
     if args.get("image"):
         image = state.images.get(args["image"])
         if image is None or not (image["public"] or image["owner"] == args["owner"]):

@@ -185,4 +185,19 @@ def image_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, 
     if users:
         raise CloudError("conflict", f"image {args['id']} is used by VMs: {', '.join(users[:5])}", {"vms": users})
     del state.images[args["id"]]
+    if state.cluster.get("default_image") == args["id"]:
+        state.cluster["default_image"] = None
     return {"id": args["id"]}
+
+
+@command("image.default_set", {"id": Field("str", pattern=OBJECT_ID.pattern, nullable=True)}, target="id")
+def image_default_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Make a public, ready OS image the one VMs get when their request names none
+    (``None``: no default; such VMs get a blank disk)."""
+    require_initialized(state)
+    if args["id"] is not None:
+        image = get_image(state, args["id"])
+        if not image["public"] or image["format"] == "iso" or image.get("state", "ready") != "ready":
+            raise CloudError("invalid", f"image {image['name']} cannot be the default: it must be a public, ready OS image")
+    state.cluster["default_image"] = args["id"]
+    return {"default_image": args["id"]}

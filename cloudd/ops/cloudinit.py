@@ -37,6 +37,7 @@ class SeedData:
     ssh_keys: tuple[str, ...] = ()
     user_data: str | None = None  # any cloud-init format, passed on verbatim
     network_config: str | None = None  # network-config v1/v2 YAML
+    swap_device: str | None = None  # a blank disk to format and use as swap (generated user data only)
 
 
 def meta_data(seed: SeedData) -> str:
@@ -56,6 +57,16 @@ def user_data(seed: SeedData) -> str:
     if seed.ssh_keys:
         lines.append("ssh_authorized_keys:")
         lines += [f"  - {_quote(key)}" for key in seed.ssh_keys]
+    if seed.swap_device:
+        device = _quote(seed.swap_device)
+        # format it once (a disk that already holds a filesystem or swap is left alone),
+        # then let the mounts module add it to fstab and turn it on
+        lines += [
+            "bootcmd:",
+            f"  - [sh, -c, 'blkid \"$1\" >/dev/null || mkswap \"$1\"', swap, {device}]",
+            "mounts:",
+            f"  - [{device}, none, swap, sw, \"0\", \"0\"]",
+        ]
     return "\n".join(lines) + "\n"
 
 

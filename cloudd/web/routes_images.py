@@ -47,7 +47,8 @@ def routes(api: Api) -> list[Route]:
                 named = [i for i in images.values() if i["name"] == ref and image_visible(i, principal)]
                 own = [i for i in named if i["owner"] == principal.name]
                 image = (own or named)[0] if len(own or named) == 1 else None
-            image = None if image is None or not image_visible(image, principal) else dict(image)
+            default = runtime.raft.state.cluster.get("default_image")
+            image = None if image is None or not image_visible(image, principal) else {**image, "default": image["id"] == default}
         if image is None:
             raise CloudError("not_found", f"image {ref} not found")
         return image
@@ -57,7 +58,8 @@ def routes(api: Api) -> list[Route]:
         principal = await api.principal(request)
         await api.fresh(request)
         with runtime.raft.lock:
-            items = [dict(i) for i in runtime.raft.state.images.values() if image_visible(i, principal)]
+            default = runtime.raft.state.cluster.get("default_image")
+            items = [{**i, "default": i["id"] == default} for i in runtime.raft.state.images.values() if image_visible(i, principal)]
         items.sort(key=lambda i: (i["name"], i["id"]))
         return json_response(page(items, request))
 
@@ -114,6 +116,26 @@ def routes(api: Api) -> list[Route]:
         result, index = await api.commit(request, principal, "image.delete", {"id": image["id"]})
         if "copies" in image:
             runtime.images.remove(image["id"])
+        return json_response(result, index=index)
+
+    @guarded
+    async def images_default_set(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        image = find_image(principal, request.path_params["ref"])
+        result, index = await api.commit(request, principal, "image.default_set", {"id": image["id"]})
+        return json_response(result, index=index)
+
+    @guarded
+    async def images_default_unset(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        image = find_image(principal, request.path_params["ref"])
+        with runtime.raft.lock:
+            is_default = runtime.raft.state.cluster.get("default_image") == image["id"]
+        if not is_default:
+            raise CloudError("conflict", f"image {image['name']} is not the default")
+        result, index = await api.commit(request, principal, "image.default_set", {"id": None})
         return json_response(result, index=index)
 
     async def record_failure(request: Request, principal: Principal, image_id: str, reason: str) -> None:
@@ -206,6 +228,8 @@ def routes(api: Api) -> list[Route]:
         Route("/api/v1/images", images_create, methods=["POST"]),
         Route("/api/v1/images/{ref}", images_show, methods=["GET"]),
         Route("/api/v1/images/{ref}", images_delete, methods=["DELETE"]),
+        Route("/api/v1/images/{ref}/default", images_default_set, methods=["POST"]),
+        Route("/api/v1/images/{ref}/default", images_default_unset, methods=["DELETE"]),
         Route("/api/v1/images/{ref}/file", images_upload, methods=["PUT"]),
         Route("/api/v1/images/{ref}/file", images_download, methods=["GET"]),
     ]

@@ -157,3 +157,22 @@ def test_extra_disks_and_isos_through_the_api(shared_cluster: LocalCluster, user
     vm = vm_of(erin, vm_id)
     assert vm["disks"] == [] and vm["iso"] is None
     assert erin.delete(f"/api/v1/vms/{vm_id}").status_code == 202
+
+
+def test_the_default_image_is_set_by_admins_and_used_when_none_is_named(shared_cluster: LocalCluster, users: dict[str, httpx.Client]) -> None:
+    erin = users["erin"]
+    assert erin.post("/api/v1/images/busybox/default").status_code == 403
+    with shared_cluster.api("node3") as admin:
+        set_ = admin.post("/api/v1/images/busybox/default")
+        assert set_.status_code == 200, set_.text
+        assert admin.post("/api/v1/images/installer/default").status_code == 400  # an ISO
+    image = erin.get("/api/v1/images/busybox", params={"min_index": set_.headers["X-Cloudd-Index"]}).json()
+    assert image["default"] is True
+    vm = erin.post("/api/v1/vms", json={"name": "defaulted", "flavor": "tiny", "power": "stopped"}).json()
+    blank = erin.post("/api/v1/vms", json={"name": "blank", "flavor": "tiny", "image": None, "power": "stopped"}).json()
+    assert vm["image"] == image["id"] and blank["image"] is None
+    with shared_cluster.api("node1") as admin:
+        assert admin.delete("/api/v1/images/busybox/default").status_code == 200
+        assert admin.delete("/api/v1/images/busybox/default").status_code == 409
+    for v in (vm, blank):
+        assert erin.delete(f"/api/v1/vms/{v['id']}").status_code == 202

@@ -146,3 +146,12 @@ def test_the_seed_is_padded_for_probers_that_read_68_kib_at_once(tmp_path: Path)
     path = tmp_path / "seed.iso"
     write_seed(path, SeedData("i-1", "small"))
     assert path.stat().st_size >= MIN_SEED_BYTES >= 0x11000
+
+
+def test_a_swap_disk_is_formatted_once_and_mounted_by_the_generated_user_data() -> None:
+    doc = yaml.safe_load(user_data(SeedData("i-1", "web", swap_device="/dev/disk/by-id/virtio-swap")))
+    assert doc["mounts"] == [["/dev/disk/by-id/virtio-swap", "none", "swap", "sw", "0", "0"]]
+    sh, dash_c, script, arg0, device = doc["bootcmd"][0]
+    assert (sh, dash_c, arg0, device) == ("sh", "-c", "swap", "/dev/disk/by-id/virtio-swap")
+    assert "mkswap" in script and "blkid" in script  # never reformats a disk that holds data
+    assert "bootcmd" not in yaml.safe_load(user_data(SeedData("i-1", "web")))

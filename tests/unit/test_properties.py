@@ -73,6 +73,7 @@ ARGS: dict[str, Any] = {
         }
     ),
     "image.delete": st.fixed_dictionaries({"id": st.sampled_from(["i1", "i2"])}),
+    "image.default_set": st.fixed_dictionaries({"id": st.sampled_from(["i1", "i2", None])}),
     "image.create": st.fixed_dictionaries(
         {"id": st.sampled_from(["i1", "i2", "i3"]), "name": st.sampled_from(["deb", "iso"]), "owner": NAMES, "public": st.booleans(), "format": st.sampled_from(["qcow2", "raw", "iso"])}
     ),

@@ -173,3 +173,19 @@ def test_real_files_are_made_and_removed(tmp_path: Path) -> None:
     replica.ok("vm.delete", {"id": "vm1"})
     step(agent, env)
     assert not vm_dir.exists() and not (tmp_path / "vm1-swap.qcow2").exists() and "vm1" not in replica.state.vms
+
+
+def test_a_default_image_is_used_when_a_request_names_none() -> None:
+    replica = with_iso(cluster_with_hypervisor())
+    assert "cannot be the default" in unchanged(replica, "image.default_set", {"id": "iso1"}, "invalid")["message"]
+    replica.ok("image.register", {"id": "priv", "name": "p", "owner": "admin", "public": False, "format": "qcow2", "path": "/p.qcow2", "size_gb": 1})
+    unchanged(replica, "image.default_set", {"id": "priv"}, "invalid")
+    unchanged(replica, "image.default_set", {"id": "gone"}, "not_found")
+    replica.ok("image.default_set", {"id": "img1"})
+    replica.ok("vm.create", {"id": "a", "name": "a", "owner": "bob", "flavor": "small"})
+    replica.ok("vm.create", {"id": "b", "name": "b", "owner": "bob", "flavor": "small", "image": None})  # a blank disk
+    replica.ok("vm.create", {"id": "c", "name": "c", "owner": "bob", "flavor": "small", "iso": "iso1"})  # an installer
+    assert [replica.state.vms[v]["image"] for v in "abc"] == ["img1", None, None]
+    replica.ok("vm.delete", {"id": "a"})
+    replica.ok("image.delete", {"id": "img1"})
+    assert replica.state.cluster["default_image"] is None
