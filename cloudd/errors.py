@@ -21,6 +21,7 @@ HTTP_STATUS: dict[str, int] = {
     "rate_limited": 429,
     "internal": 500,
     "unavailable": 503,
+    "insufficient_storage": 507,
     "timeout": 504,
 }
 

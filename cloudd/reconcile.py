@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
@@ -20,7 +21,7 @@ from cloudd.env import Env, try_propose
 from cloudd.ops.cloudinit import write_seed
 from cloudd.ops.compute import ComputeDriver, ComputeError, DomainInfo, DomainSpec
 from cloudd.ops.local_disk import LocalDisks
-from cloudd.vm_layout import seed_data, VmLayout
+from cloudd.vm_layout import VmLayout, hot_pluggable, seed_data
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +37,7 @@ class ReconcileSettings:
     vm_dir: str = "/var/lib/cloudd/vms"
     swap_dir: str = ""  # the node's local fast storage; "" = vm_dir
     usage_interval_s: float = 30.0
+    unplug_retry_s: float = 60.0
 
 
 @dataclass
@@ -46,9 +48,14 @@ class VmMemory:
     action_done: int = 0
     usage_at: float | None = None  # when usage was last sampled (monotonic)
     cpu_time_s: float | None = None
+    unplug_asked: dict[str, float] = field(default_factory=dict)  # target -> when (monotonic)
+    device_error: str | None = None  # the last device update's failure, reported apart from `error`
 
 
 class ImageSource(Protocol):
+    def path_of(self, image: dict[str, Any]) -> str:
+        """Where the image's file is (or will be, once fetched) on this node; no I/O."""
+
     async def local_path(self, image: dict[str, Any]) -> str:
         """A path on this node where the image's file can be read (fetching it if needed)."""
 
@@ -56,8 +63,40 @@ class ImageSource(Protocol):
 class ImagesByPath:
     """Images registered by a path that exists on every hypervisor."""
 
+    def path_of(self, image: dict[str, Any]) -> str:
+        return str(image["path"])
+
     async def local_path(self, image: dict[str, Any]) -> str:
         return str(image["path"])
+
+
+class ImageNotLocal(ComputeError):
+    """An image file is still on its way to this node."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
+@dataclass
+class ImageFetches:
+    """Image files made local in the background: a multi-GB fetch or checksum must not
+    hold up the agent's pass over the other VMs."""
+
+    source: ImageSource
+    running: dict[str, asyncio.Task[str]] = field(default_factory=dict)
+
+    async def ready(self, image: dict[str, Any], wait_s: float = 1.0) -> str:
+        """The local path once the file is here (waiting up to ``wait_s``); raises a
+        transient ComputeError while it is still being fetched, and the fetch's own error
+        once it failed (the next call retries)."""
+        task = self.running.get(image["id"])
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self.running[image["id"]] = asyncio.ensure_future(self.source.local_path(image))
+        await asyncio.wait({task}, timeout=wait_s)
+        if not task.done():
+            raise ImageNotLocal(f"image {image['name']} is being fetched to this node")
+        del self.running[image["id"]]
+        return task.result()
 
 
 @dataclass
@@ -67,6 +106,10 @@ class VmReconciler:
     memory: dict[str, VmMemory] = field(default_factory=dict)
     disks: LocalDisks | None = None  # None: the hypervisor needs no files (libvirt's test driver)
     image_source: ImageSource = field(default_factory=ImagesByPath)
+    fetches: ImageFetches = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fetches = ImageFetches(self.image_source)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -78,8 +121,8 @@ class VmReconciler:
     def layout(self) -> VmLayout:
         return VmLayout(Path(self.settings.vm_dir), Path(self.settings.swap_dir or self.settings.vm_dir))
 
-    async def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> DomainSpec:
-        """The domain this VM should have now."""
+    def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> DomainSpec:
+        """The domain this VM should have now (no I/O: ``ensure_files`` makes its files)."""
         image = images.get(vm.get("image") or "")
         boot: dict[str, str] = {}
         if image is not None and image["format"] == "kernel":
@@ -89,7 +132,7 @@ class VmReconciler:
             iso = images.get(vm["iso"])
             if iso is None:
                 raise ComputeError(f"ISO image {vm['iso']} is gone")
-            iso_path = await self.image_source.local_path(iso)
+            iso_path = self.image_source.path_of(iso)
         return self.layout.spec(vm, boot, iso_path, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen)
 
     async def ensure_files(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> None:
@@ -99,8 +142,10 @@ class VmReconciler:
         layout, vm_id = self.layout, vm["id"]
         image = images.get(vm.get("image") or "")
         backing = backing_format = None
-        if image is not None and image["format"] in ("qcow2", "raw"):
-            backing, backing_format = await self.image_source.local_path(image), image["format"]
+        if image is not None and image["format"] in ("qcow2", "raw") and not layout.root_disk(vm_id).exists():
+            backing, backing_format = await self.fetches.ready(image), image["format"]
+        if vm.get("iso") and vm["iso"] in images:
+            await self.fetches.ready(images[vm["iso"]])
         await self._call(self.disks.ensure, layout.root_disk(vm_id), vm["disk_gb"], backing, backing_format)
         if vm.get("swap_mb"):
             await self._call(self.disks.ensure, layout.swap_disk(vm_id), vm["swap_mb"] / 1024)
@@ -165,7 +210,7 @@ class VmReconciler:
         if state in ("pending", "migrating", "error") and seen is None:
             return
         repair = self.settings.drift == "repair" or state in ("creating", "starting", "stopping")
-        spec = await self.spec(vm, images)
+        spec = self.spec(vm, images)
         if seen is None:
             if state != "creating":
                 log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
@@ -174,12 +219,8 @@ class VmReconciler:
             await self.ensure_files(vm, images)
             await self._call(self.driver.define, spec)
             seen = DomainInfo(vm_id, "shut_off", digest=spec.digest)
-        elif seen.digest != spec.digest:
-            await self.ensure_files(vm, images)
-            await self._call(self.driver.define, spec)  # the persistent definition; live changes below
-        if seen.power == "running" and self.driver.hotplug:
-            await self._hotplug(spec, seen)
-        await self.remove_stale_disks(spec, seen)
+        else:
+            memory.device_error = await self._update_devices(vm, images, spec, seen, memory)
         running = seen.power in ("running", "paused")
         if desired["power"] == "running":
             memory.shutdown_since = None
@@ -210,14 +251,48 @@ class VmReconciler:
             await self._call(self.driver.destroy, vm_id)
             memory.shutdown_since = None
 
-    async def _hotplug(self, spec: DomainSpec, seen: DomainInfo) -> None:
-        """Make the running guest's disks match the spec: unplug what went, plug what came
-        (a changed ISO is unplugged in this pass and the new one plugged in the next)."""
-        wanted = {d.target: d for d in spec.disks}
+    async def _update_devices(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], spec: DomainSpec, seen: DomainInfo, memory: VmMemory) -> str | None:
+        """Bring an existing domain's devices up to date: files, the persistent definition,
+        hot-plug into a running guest, files of removed disks. Never blocks the power
+        steps: a failure is returned (and reported) instead of raised, unless the
+        hypervisor itself is unreachable."""
+        try:
+            if seen.digest != spec.digest:
+                await self.ensure_files(vm, images)
+                await self._call(self.driver.define, spec)  # the next start; live changes below
+            if seen.power == "running" and self.driver.hotplug:
+                await self._hotplug(spec, seen, memory)
+            await self.remove_stale_disks(spec, seen)
+        except ImageNotLocal as exc:
+            return str(exc)
+        except ComputeError as exc:
+            if exc.transient:
+                raise
+            log.warning("VM %s: devices not updated: %s", vm["name"], exc)
+            return str(exc)
+        return None
+
+    async def _hotplug(self, spec: DomainSpec, seen: DomainInfo, memory: VmMemory) -> None:
+        """Make the running guest's hot-pluggable disks match the spec: unplug what went,
+        plug what came (a changed ISO is unplugged in this pass, the new one plugged in a
+        later one). An unplug waits for the guest: it is asked again only every
+        ``unplug_retry_s``, never every pass."""
+        wanted = {d.target: d for d in spec.disks if hot_pluggable(d.target)}
+        now = time.monotonic()
+        for target in list(memory.unplug_asked):
+            if target not in seen.live_disks:
+                del memory.unplug_asked[target]  # gone
         for target, path in sorted(seen.live_disks.items()):
-            if target not in wanted or (path and path != wanted[target].path):
-                log.info("VM %s: unplugging %s", spec.name, target)
-                await self._call(self.driver.detach_live, spec.vm_id, target)
+            if not hot_pluggable(target) or (target in wanted and (not path or path == wanted[target].path)):
+                continue
+            asked = memory.unplug_asked.get(target)
+            if asked is not None and now - asked < self.settings.unplug_retry_s:
+                continue
+            if asked is not None:
+                log.warning("VM %s: the guest has not released %s for %.0fs; asking again", spec.name, target, now - asked)
+            log.info("VM %s: unplugging %s", spec.name, target)
+            memory.unplug_asked[target] = now
+            await self._call(self.driver.detach_live, spec.vm_id, target)
         for target, disk in sorted(wanted.items()):
             if target not in seen.live_disks:
                 log.info("VM %s: plugging in %s (%s)", spec.name, target, Path(disk.path).name)
@@ -228,12 +303,12 @@ class VmReconciler:
         vnc = seen.vnc_port if seen else None
         disks = sorted(seen.live_disks) if seen else []
         observed = vm.get("observed") or {}
-        news = (observed.get("power"), observed.get("error"), observed.get("vnc_port"), observed.get("disks", [])) != (power, error, vnc, disks)
+        news = (observed.get("power"), observed.get("error"), observed.get("vnc_port"), observed.get("disks", []), observed.get("device_error")) != (power, error, vnc, disks, memory.device_error)
         acknowledges = vm["desired"]["action"] is not None and memory.action_done >= vm["desired"]["action_seq"]
         usage = await self._sample_usage(env, vm, power, memory)
         if not (news or acknowledges or error or usage or would_move(vm, power)):
             return
-        args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc, "disks": disks}
+        args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc, "disks": disks, "device_error": memory.device_error}
         if usage:
             args["usage"] = usage
         if memory.action_done:

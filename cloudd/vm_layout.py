@@ -28,6 +28,12 @@ ISO_TARGET = "sdb"
 SWAP_TARGET = "vdb"
 
 
+def hot_pluggable(target: str) -> bool:
+    """Extra disks and the ISO come and go while a guest runs; the OS disk, swap and seed
+    change only in the definition (a moved file takes effect at the next start)."""
+    return target == ISO_TARGET or (target.startswith("vd") and target not in ("vda", SWAP_TARGET))
+
+
 @dataclass(frozen=True)
 class VmLayout:
     vm_dir: Path
@@ -51,16 +57,16 @@ class VmLayout:
     def serial_log(self, vm_id: str) -> Path:
         return self.dir(vm_id) / "serial.log"
 
-    def disks(self, vm: dict[str, Any], iso_path: str | None) -> tuple[DiskSpec, ...]:
+    def disks(self, vm: dict[str, Any], iso_path: str | None, firmware_boot: bool = True) -> tuple[DiskSpec, ...]:
         vm_id = vm["id"]
-        disks = [DiskSpec(str(self.root_disk(vm_id)), target="vda", serial="root")]
+        disks = [DiskSpec(str(self.root_disk(vm_id)), target="vda", serial="root", boot_order=1 if firmware_boot else None)]
         if vm.get("swap_mb"):
             disks.append(DiskSpec(str(self.swap_disk(vm_id)), target=SWAP_TARGET, serial="swap"))
         for extra in vm.get("disks", ()):
             disks.append(DiskSpec(str(self.extra_disk(vm_id, extra["id"])), target=extra["target"], serial=extra["id"]))
         disks.append(DiskSpec(str(self.seed(vm_id)), format="raw", target=SEED_TARGET, bus="scsi", device="cdrom"))
-        if iso_path:
-            disks.append(DiskSpec(iso_path, format="raw", target=ISO_TARGET, bus="scsi", device="cdrom"))
+        if iso_path:  # booted when the OS disk is blank: an installer
+            disks.append(DiskSpec(iso_path, format="raw", target=ISO_TARGET, bus="scsi", device="cdrom", boot_order=2 if firmware_boot else None))
         return tuple(disks)
 
     def spec(self, vm: dict[str, Any], boot: dict[str, str], iso_path: str | None, **host: Any) -> DomainSpec:
@@ -71,7 +77,7 @@ class VmLayout:
             name=vm["name"],
             vcpus=vm["vcpus"],
             ram_mb=vm["ram_mb"],
-            disks=self.disks(vm, iso_path),
+            disks=self.disks(vm, iso_path, firmware_boot=not boot),
             vnc_password=vm.get("vnc_password"),
             serial_log=str(self.serial_log(vm["id"])),
             **host,

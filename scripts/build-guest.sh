@@ -14,6 +14,7 @@
 #                      - powers off when the ACPI power button is pressed (busybox acpid)
 #   OUT/disk.qcow2   a 64 MiB disk (MBR, one FAT16 partition, syslinux) that boots the same
 #                    kernel + initramfs under SeaBIOS, command line "console=tty0 console=ttyS0"
+#   OUT/boot.iso     the same as a bootable CD (isolinux), command line "… cloudd.boot=cd"
 # The disk is built in userspace (sfdisk, mkfs.fat --offset, syslinux --offset, mtools):
 # no mounts, no loop devices.
 # Usage: scripts/build-guest.sh OUT_DIR
@@ -30,13 +31,14 @@ exec 9>"$out/.lock"
 flock 9
 have() { [ -s "$out/$1" ]; }
 same_recipe() { [ "$(cat "$out/.recipe" 2>/dev/null)" = "$recipe" ]; }
-if same_recipe && have vmlinuz && have initrd.img && have disk.qcow2; then exit 0; fi
+if same_recipe && have vmlinuz && have initrd.img && have disk.qcow2 && have boot.iso; then exit 0; fi
 
-for cmd in busybox dpkg-deb apt-get sfdisk mkfs.fat syslinux mcopy qemu-img; do
+for cmd in busybox dpkg-deb apt-get sfdisk mkfs.fat syslinux mcopy qemu-img genisoimage; do
   command -v "$cmd" >/dev/null || { echo "build-guest.sh: $cmd is missing (scripts/install.sh installs it)" >&2; exit 1; }
 done
 mbr=/usr/lib/syslinux/mbr/mbr.bin
 [ -f "$mbr" ] || { echo "build-guest.sh: $mbr is missing (syslinux-common; scripts/install.sh installs it)" >&2; exit 1; }
+[ -f /usr/lib/ISOLINUX/isolinux.bin ] || { echo "build-guest.sh: isolinux.bin is missing (isolinux; scripts/install.sh installs it)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -178,18 +180,40 @@ CFG
   qemu-img convert -f raw -O qcow2 "$img" disk.qcow2
 }
 
+# --- a bootable CD (an "installer" for VMs with a blank disk) ----------------------------
+build_iso() {  # $1 vmlinuz, $2 initrd.img -> $work/boot.iso (isolinux, El Torito, no emulation)
+  mkdir -p iso/isolinux
+  cp /usr/lib/ISOLINUX/isolinux.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 iso/isolinux/
+  cp "$1" iso/vmlinuz
+  cp "$2" iso/initrd.img
+  cat > iso/isolinux/isolinux.cfg <<'CFG'
+SERIAL 0 115200
+DEFAULT cloudd
+PROMPT 0
+TIMEOUT 0
+LABEL cloudd
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND console=tty0 console=ttyS0 cloudd.boot=cd
+CFG
+  genisoimage -quiet -o boot.iso -V CLOUDDBOOT -J -r -b isolinux/isolinux.bin -c isolinux/boot.cat \
+    -no-emul-boot -boot-load-size 4 -boot-info-table iso
+}
+
 publish() {  # copy next to the target, then rename over it
   local f
   for f in "$@"; do cp "$f" "$out/.$f.new" && mv -f "$out/.$f.new" "$out/$f"; done
 }
 if same_recipe && have vmlinuz && have initrd.img; then
   build_disk "$out/vmlinuz" "$out/initrd.img"
-  publish disk.qcow2
+  build_iso "$out/vmlinuz" "$out/initrd.img"
+  publish disk.qcow2 boot.iso
 else
   rm -f "$out/.recipe"
   build_initramfs
   build_disk vmlinuz initrd.img
-  publish vmlinuz initrd.img disk.qcow2
+  build_iso vmlinuz initrd.img
+  publish vmlinuz initrd.img disk.qcow2 boot.iso
   echo "$recipe" > "$out/.recipe"
 fi
-echo "guest kernel, initramfs and disk.qcow2 in $out"
+echo "guest kernel, initramfs, disk.qcow2 and boot.iso in $out"

@@ -7,11 +7,11 @@ cd "$(dirname "$0")/.."
 # libvirt-dev + pkg-config + gcc build libvirt-python against Debian's libvirt;
 # qemu + libvirt's qemu driver run guests (embedded libvirt: no daemon needs to run);
 # busybox-static builds the tiny test guest's initramfs; fdisk (sfdisk), dosfstools (mkfs.fat),
-# mtools, syslinux + syslinux-common (mbr.bin, ldlinux) build its bootable disk.qcow2 without
+# mtools, syslinux + syslinux-common (mbr.bin, ldlinux) and isolinux build its bootable disk.qcow2 and boot.iso without
 # mounting anything (scripts/build-guest.sh); genisoimage makes NoCloud seed ISOs in the tests
 DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev
       qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu busybox-static
-      fdisk dosfstools mtools syslinux syslinux-common genisoimage)
+      fdisk dosfstools mtools syslinux syslinux-common isolinux genisoimage)
 
 missing=()
 for pkg in "${DEBS[@]}"; do

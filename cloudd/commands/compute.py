@@ -271,6 +271,8 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "vnc_port": Field("int", min=0, max=65535, nullable=True, required=False),
         "action_seq": Field("int", min=0, required=False),
         "disks": Field("list", max_len=32, item=Field("str", pattern=DISK_TARGET_RE), required=False),
+        # a disk or ISO change that failed: shown, but the VM keeps its lifecycle state
+        "device_error": Field("str", max_len=1000, nullable=True, required=False),
         "usage": Field(
             "obj",
             required=False,
@@ -292,7 +294,14 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if vm["node"] != args["node"]:
         raise CloudError("conflict", f"VM {vm['name']} is assigned to {vm['node']}, not {args['node']}")
     power, error = args["power"], args.get("error")
-    vm["observed"] = {"power": power, "ts": ctx.ts, "error": error, "vnc_port": args.get("vnc_port"), "disks": args.get("disks", [])}
+    vm["observed"] = {
+        "power": power,
+        "ts": ctx.ts,
+        "error": error,
+        "vnc_port": args.get("vnc_port"),
+        "disks": args.get("disks", []),
+        "device_error": args.get("device_error"),
+    }
     if "usage" in args:
         vm["usage"] = {**args["usage"], "ts": ctx.ts}
     elif power != "running":

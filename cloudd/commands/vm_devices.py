@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudd.alloc.placement import Demand, fits, largest_possible, used
+from cloudd.alloc.placement import Demand, fits, largest_possible, used, vm_disk_gb
 from cloudd.commands.common import OBJECT_ID
 from cloudd.commands.compute import DISK_GB, get_vm, usable_iso
 from cloudd.commands.registry import Context, command
@@ -32,7 +32,7 @@ def vm_disk_add(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     """Give the VM a blank extra disk (hot-plugged when it runs)."""
     vm = get_vm(state, args["id"])
     _changeable(vm, "add a disk")
-    disks = vm.setdefault("disks", [])
+    disks = vm.get("disks", [])
     if any(d["id"] == args["disk_id"] for d in disks):
         raise CloudError("conflict", f"VM {vm['name']} already has disk {args['disk_id']}")
     if len(disks) >= MAX_EXTRA_DISKS:
@@ -43,12 +43,12 @@ def vm_disk_add(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
         reason = fits(node, Demand(0, 0, size), used(vm["node"], state.vms.values())) if node else None
         if reason:
             raise CloudError("conflict", f"node {vm['node']} has no room for the disk: {reason}")
-    elif size + vm["disk_gb"] > largest_possible(state.nodes).disk_gb:
+    elif size + vm_disk_gb(vm) > largest_possible(state.nodes).disk_gb:
         raise CloudError("invalid", f"size_gb={size:g} is more than any hypervisor has", {"field": "size_gb"})
     taken = {d["target"] for d in disks}
     target = next(t for t in EXTRA_DISK_TARGETS if t not in taken)
     disk = {"id": args["disk_id"], "size_gb": size, "target": target, "created_at": ctx.ts}
-    disks.append(disk)
+    vm["disks"] = [*disks, disk]
     return {"id": vm["id"], "disk": dict(disk)}
 
 

@@ -35,6 +35,7 @@ class DiskSpec:
     device: str = "disk"  # disk | cdrom
     readonly: bool = False
     serial: str | None = None
+    boot_order: int | None = None  # the firmware tries devices in this order (None: never)
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,7 @@ def domain_xml(spec: DomainSpec) -> str:
             _sub(os_el, "initrd", spec.initrd)
         if spec.cmdline:
             _sub(os_el, "cmdline", spec.cmdline)
-    else:
-        _sub(os_el, "boot", dev="hd")
-        _sub(os_el, "boot", dev="cdrom")  # a blank disk falls through to an install ISO
+    # else the firmware boots the disks by their <boot order> (OS disk, then an install ISO)
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
@@ -80,7 +78,7 @@ def domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-def disk_element(disk: DiskSpec) -> ET.Element:
+def disk_element(disk: DiskSpec, boot: bool = True) -> ET.Element:
     d = ET.Element("disk", {"type": "file", "device": disk.device})
     _sub(d, "driver", name="qemu", type=disk.format, cache="none" if disk.device == "disk" else "default")
     _sub(d, "source", file=disk.path)
@@ -89,12 +87,15 @@ def disk_element(disk: DiskSpec) -> ET.Element:
         _sub(d, "readonly")
     if disk.serial:
         _sub(d, "serial", disk.serial)
+    if boot and disk.boot_order is not None:
+        _sub(d, "boot", order=str(disk.boot_order))
     return d
 
 
 def disk_xml(disk: DiskSpec) -> str:
-    """One ``<disk>`` device, for hot-plugging."""
-    return ET.tostring(disk_element(disk), encoding="unicode")
+    """One ``<disk>`` device, for hot-plugging (its boot order applies from the next start,
+    through the persistent definition)."""
+    return ET.tostring(disk_element(disk, boot=False), encoding="unicode")
 
 
 def digest_of(xml: str) -> str | None:

@@ -12,7 +12,8 @@ from cloudd.ops.compute import ComputeError, DiskSpec, DomainInfo, DomainSpec
 
 
 class FakeCompute:
-    def __init__(self, honours_acpi: bool = True, hotplug: bool = True) -> None:
+    def __init__(self, honours_acpi: bool = True, hotplug: bool = True, releases_unplugged: bool = True) -> None:
+        self.releases_unplugged = releases_unplugged  # False: a guest that never lets go of a disk
         self.defined: dict[str, DomainSpec] = {}
         self.live: dict[str, dict[str, str]] = {}  # running domains: target -> path
         self.hotplug = hotplug
@@ -67,7 +68,7 @@ class FakeCompute:
     def detach_live(self, vm_id: str, target: str) -> None:
         self._call("detach_live", vm_id)
         self._need(vm_id)
-        if self.power[vm_id] == "running":
+        if self.power[vm_id] == "running" and self.releases_unplugged:
             self.live[vm_id].pop(target, None)
 
     def shutdown(self, vm_id: str) -> None:

@@ -88,15 +88,23 @@ def sha256_file(path: Path, block: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+class NoSpace(ComputeError):
+    """Taking the file would leave less than the reserve free on the node's disk."""
+
+
 class ImageStore:
+    MAX_UPLOADS = 4  # at once on one node
+
     def __init__(self, data_dir: str | Path, fetch: Fetch, *, node_name: str = "", qemu_img: str = "qemu-img",
-                 inspect_timeout_s: float = 60.0, write_block: int = 4 << 20) -> None:
+                 inspect_timeout_s: float = 60.0, write_block: int = 4 << 20, reserve_bytes: int = 2 << 30) -> None:
         self.dir = Path(data_dir) / "images"
         self.fetch = fetch
         self.node_name = node_name
         self.qemu_img = qemu_img
         self.inspect_timeout_s = inspect_timeout_s
         self.write_block = write_block
+        self.reserve_bytes = reserve_bytes  # kept free for the Raft journal, snapshots and VM disks
+        self.uploads = 0
         self.unreported: set[str] = set()  # fetched copies not yet recorded with image.copied
         self._verified: dict[str, str] = {}  # image id -> sha256 of the local file, checked
         self._locks: dict[str, asyncio.Lock] = {}
@@ -132,6 +140,7 @@ class ImageStore:
         """Write ``chunks`` to ``<id>.part``, hashing on the way; the part file is removed
         on any failure (``UploadTooLarge`` past ``max_bytes``, the source's own errors)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.check_space(0)
         part = self.part_path(image_id)
         digest = hashlib.sha256()
         size = 0
@@ -144,6 +153,7 @@ class ImageStore:
                     raise UploadTooLarge(f"the file is larger than {max_bytes} bytes")
                 buffer += chunk
                 if len(buffer) >= self.write_block:
+                    self.check_space(len(buffer))
                     await asyncio.to_thread(_write, f, digest, bytes(buffer))
                     buffer.clear()
             await asyncio.to_thread(_write, f, digest, bytes(buffer), True)
@@ -181,7 +191,10 @@ class ImageStore:
         return ImageFacts(size)
 
     async def _qemu_img_info(self, path: Path, fmt: str) -> dict[str, Any]:
-        args = [self.qemu_img, "info", "--output=json", "-f", fmt, str(path)]
+        qemu_img = shutil.which(self.qemu_img)
+        if qemu_img is None:  # the node's problem, not the file's
+            raise ComputeError(f"{self.qemu_img} is not installed on this node")
+        args = [qemu_img, "info", "--output=json", "-f", fmt, str(path)]
         prlimit = shutil.which("prlimit")
         if prlimit:
             args = [prlimit, *INSPECT_LIMITS, "--", *args]
@@ -194,7 +207,9 @@ class ImageStore:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
-            raise ImageRefused("inspecting the image took too long") from None
+            raise ComputeError("inspecting the image took too long (the node may be busy)", transient=True) from None
+        if proc.returncode in (126, 127):  # prlimit could not run qemu-img
+            raise ComputeError(f"{self.qemu_img} could not be run on this node")
         if proc.returncode != 0:
             message = err.decode(errors="replace").strip().splitlines()
             raise ImageRefused(f"qemu-img cannot read the file as {fmt}: " + (message[-1][:300] if message else f"exit status {proc.returncode}"))
@@ -212,12 +227,29 @@ class ImageStore:
         self._verified[image["id"]] = received.sha256
         return final
 
+    def check_space(self, more_bytes: int) -> None:
+        """Raise NoSpace when writing ``more_bytes`` would eat into the reserve."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.dir).free
+        if free - more_bytes < self.reserve_bytes:
+            raise NoSpace(f"this node keeps {self.reserve_bytes >> 20} MiB free and has {free >> 20} MiB: no room for the file")
+
     async def accept_upload(self, image: dict[str, Any], chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[Received, ImageFacts]:
         """Receive, check and install an uploaded file under its final name.
 
-        Raises ``TransferBusy``, ``UploadTooLarge``, ``ImageRefused`` or the source's own
-        errors (a client that went away); nothing is left behind when it raises.
+        Raises ``TransferBusy`` (this image, or ``MAX_UPLOADS`` others, are being
+        uploaded here), ``UploadTooLarge``, ``NoSpace``, ``ImageRefused`` or the source's
+        own errors (a client that went away); nothing is left behind when it raises.
         """
+        if self.uploads >= self.MAX_UPLOADS:
+            raise TransferBusy(f"{self.uploads} uploads are running on this node")
+        self.uploads += 1
+        try:
+            return await self._accept(image, chunks, max_bytes)
+        finally:
+            self.uploads -= 1
+
+    async def _accept(self, image: dict[str, Any], chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[Received, ImageFacts]:
         async with self._exclusive(image["id"], wait=False):
             received = await self.receive(image["id"], chunks, max_bytes)
             try:
@@ -229,6 +261,10 @@ class ImageStore:
             return received, facts
 
     # --- the contract of the VM agent ---
+
+    def path_of(self, image: dict[str, Any]) -> str:
+        """Where ``image``'s file is (or will be, once fetched) on this node; no I/O."""
+        return str(image["path"]) if "copies" not in image else str(self.file_path(image))
 
     async def local_path(self, image: dict[str, Any]) -> str:
         """The path of ``image``'s file on this node, fetching a copy first if needed.

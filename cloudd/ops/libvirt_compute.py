@@ -33,14 +33,8 @@ POWER = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
     libvirt.VIR_DOMAIN_NOSTATE: "shut_off",
 }
-TRANSIENT = {
-    libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_INTERNAL_ERROR,
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_INVALID_CONN,
-    libvirt.VIR_ERR_OPERATION_TIMEOUT,
-}
+CONNECTION_LOST = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
+TRANSIENT = CONNECTION_LOST | {libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_TIMEOUT}
 
 
 def _silence_libvirt_stderr(_ctx: Any, _err: Any) -> None:
@@ -102,6 +96,8 @@ class LibvirtCompute:
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._on_change: Callable[[str | None], None] | None = None
+        self._callbacks: list[int] = []
+        self._close_callback = False
         self.embed_root: Path | None = None
         ensure_event_loop()  # domain events, keepalive; the embedded driver needs it too
         if uri.startswith("qemu:///embed"):
@@ -127,17 +123,43 @@ class LibvirtCompute:
         """Subscribe to this connection's events (again after every reconnect)."""
         if self._on_change is None:
             return
+        if self._callbacks:
+            return  # armed already
         try:
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda _c, dom, _e, _d, _o: self._notify(dom.name()), None)
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, lambda _c, dom, _dev, _o: self._notify(dom.name()), None)
+            self._callbacks.append(conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda _c, dom, _e, _d, _o: self._notify(dom.name()), None))
+            self._callbacks.append(conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, lambda _c, dom, _dev, _o: self._notify(dom.name()), None))
         except libvirt.libvirtError as exc:
             log.info("libvirt at %s offers no domain events (%s): polling only", self.uri, exc.get_error_message())
         if urlparse(self.uri).path == "/system" or "+" in urlparse(self.uri).scheme:  # a daemon at the other end
             try:
                 conn.registerCloseCallback(lambda _c, _reason, _o: self._notify(None), None)
+                self._close_callback = True
                 conn.setKeepAlive(5, 3)  # a hung libvirtd is noticed within ~20 s
             except libvirt.libvirtError as exc:
                 log.info("libvirt keepalive unavailable: %s", exc.get_error_message())
+
+    def _drop(self) -> None:
+        """Forget the connection; its callbacks hold references to it, so undo them and
+        close it, or every reconnect would leak one (best effort: it may be dead)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for callback_id in self._callbacks:
+            try:
+                conn.domainEventDeregisterAny(callback_id)
+            except libvirt.libvirtError:
+                pass
+        self._callbacks = []
+        if self._close_callback:
+            try:
+                conn.unregisterCloseCallback()
+            except libvirt.libvirtError:
+                pass
+            self._close_callback = False
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
@@ -147,7 +169,7 @@ class LibvirtCompute:
             except libvirt.libvirtError:
                 pass
             log.warning("libvirt connection to %s lost: reconnecting", self.uri)
-            self._conn = None
+            self._drop()
         try:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
@@ -162,8 +184,8 @@ class LibvirtCompute:
                 return fn(conn)
             except libvirt.libvirtError as exc:
                 transient = exc.get_error_code() in TRANSIENT
-                if transient:
-                    self._conn = None
+                if exc.get_error_code() in CONNECTION_LOST:
+                    self._drop()
                 raise ComputeError(f"{what}: {exc.get_error_message()}", transient=transient) from None
 
     def _domain(self, conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain | None:
@@ -268,12 +290,13 @@ class LibvirtCompute:
             element = self._live_target(dom, target) if dom.isActive() else None
             if element is None:
                 return
-            try:
+            alias = element.find("alias")
+            if alias is not None and alias.get("name"):
+                # asks the guest and returns at once: the DEVICE_REMOVED event (or the next
+                # domains()) tells when it is gone
+                dom.detachDeviceAlias(alias.get("name"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
                 dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            except libvirt.libvirtError as exc:
-                # the guest has not yet acknowledged an earlier unplug request: still pending
-                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED or "in progress" not in (exc.get_error_message() or ""):
-                    raise
 
         self._run(f"detaching {target} from {DOMAIN_PREFIX}{vm_id}", go)
 

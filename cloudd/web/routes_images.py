@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from cloudd.errors import CloudError
 from cloudd.ops.compute import ComputeError
-from cloudd.ops.image_store import ImageRefused, TransferBusy, UploadTooLarge
+from cloudd.ops.image_store import NoSpace, ImageRefused, TransferBusy, UploadTooLarge
 from cloudd.validate import Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import Principal, require_admin
@@ -161,9 +161,14 @@ def routes(api: Api) -> list[Route]:
             raise CloudError("payload_too_large", f"the file is larger than this node accepts ({max_bytes} bytes)")
         store = runtime.images
         try:
+            store.check_space(int(declared) if declared is not None and is_number(declared) else 0)
             received, facts = await store.accept_upload(image, request.stream(), max_bytes)
-        except TransferBusy:
-            raise CloudError("conflict", f"an upload of image {image['name']} is already running on this node") from None
+        except NoSpace as exc:
+            raise CloudError("insufficient_storage", str(exc)) from None
+        except TransferBusy as exc:
+            if store.busy(image["id"]):
+                raise CloudError("conflict", f"an upload of image {image['name']} is already running on this node") from None
+            raise CloudError("unavailable", f"this node is busy with other uploads ({exc}); try again or another node") from None
         except UploadTooLarge:
             raise CloudError("payload_too_large", f"the file is larger than this node accepts ({max_bytes} bytes)") from None
         except ClientDisconnect:

@@ -28,6 +28,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, guest: Path) -> Iterator[tupl
             admin.post("/api/v1/images", json={"name": "test-guest", "path": str(guest), "format": "kernel", "size_gb": 1}).raise_for_status()
             admin.post("/api/v1/images", json={"name": "tiny-disk", "path": str(guest / "disk.qcow2"), "format": "qcow2", "size_gb": 0.0625}).raise_for_status()
             admin.post("/api/v1/images", json={"name": "tools-cd", "path": str(tools_iso(guest.parent / "cloudd-test-tools.iso")), "format": "iso", "size_gb": 0.01}).raise_for_status()
+            admin.post("/api/v1/images", json={"name": "installer", "path": str(guest / "boot.iso"), "format": "iso", "size_gb": 0.01}).raise_for_status()
             admin.post("/api/v1/users", json={"name": "gina", "password": "gina-pass-1"}).raise_for_status()
         token = httpx.post(cluster.nodes["node1"].url + "/api/v1/auth/login", json={"username": "gina", "password": "gina-pass-1"}).json()["token"]
         with httpx.Client(base_url=cluster.nodes["node1"].url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as gina:
@@ -181,3 +182,15 @@ def test_a_vm_boots_from_the_disk_image_with_its_seed_and_takes_disks_and_isos_w
     gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
     wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")
     assert not vm_dir(cluster, vm_id).exists() and not (vm_dir(cluster, vm_id).parent / f"{vm_id}-swap.qcow2").exists()
+
+
+def test_a_vm_with_a_blank_disk_boots_its_install_iso(node: tuple[LocalCluster, httpx.Client]) -> None:
+    cluster, gina = node
+    created = gina.post("/api/v1/vms", json={"name": "installing", "flavor": "tiny", "image": None, "iso": "installer"})
+    assert created.status_code == 202, created.text
+    vm_id = created.json()["id"]
+    wait_for(lambda: MARKER in serial_text(cluster, vm_id), 120, what="boot marker from the CD")
+    text = serial_text(cluster, vm_id)
+    assert "cloudd.boot=cd" in text and "CLOUDD-GUEST-SEED hostname=installing" in text  # the ISO, not the seed CD
+    gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
+    wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")

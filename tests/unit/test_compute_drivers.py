@@ -124,5 +124,8 @@ def test_hot_plug_disk_xml_has_the_serial_and_the_scsi_cdrom_is_read_only() -> N
     assert cd.get("device") == "cdrom" and cd.find("target").get("bus") == "scsi" and cd.find("readonly") is not None
     extra = ET.fromstring(disk_xml(DiskSpec("/srv/d.qcow2", target="vdc", serial="abc123")))
     assert extra.findtext("serial") == "abc123" and extra.find("readonly") is None
-    root = ET.fromstring(domain_xml(DomainSpec("v", "v", 1, 128, (DiskSpec("/a"),))))
-    assert [b.get("dev") for b in root.findall("./os/boot")] == ["hd", "cdrom"]
+    disks = (DiskSpec("/a", boot_order=1), DiskSpec("/seed.iso", target="sda", bus="scsi", device="cdrom"), DiskSpec("/i.iso", target="sdb", bus="scsi", device="cdrom", boot_order=2))
+    root = ET.fromstring(domain_xml(DomainSpec("v", "v", 1, 128, disks)))
+    assert root.find("./os/boot") is None  # per-device order: the seed CD-ROM is never booted
+    assert [(d.find("target").get("dev"), d.find("boot").get("order") if d.find("boot") is not None else None) for d in root.findall("./devices/disk")] == [("vda", "1"), ("sda", None), ("sdb", "2")]
+    assert ET.fromstring(disk_xml(disks[2])).find("boot") is None  # hot-plug: the order applies from the next start

@@ -251,3 +251,28 @@ def test_prune_keeps_what_images_need_and_removes_the_rest(tmp_path: Path) -> No
     assert sorted(p.name for p in store.dir.iterdir()) == ["README", "keep.qcow2", "notes.txt", "up.iso"]
     store.remove("keep")
     assert not (store.dir / "keep.qcow2").exists()
+
+
+def test_an_upload_that_would_eat_into_the_reserve_is_refused_and_removed(tmp_path: Path) -> None:
+    from cloudd.ops.image_store import NoSpace
+
+    store = store_at(tmp_path)
+    store.reserve_bytes = shutil.disk_usage(tmp_path).free + (1 << 40)  # more than the disk has
+    with pytest.raises(NoSpace):
+        accept(store, fake_iso(), "iso")
+    assert list(store.dir.iterdir()) == []
+
+
+def test_a_node_without_qemu_img_is_a_node_error_not_a_refused_file(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "data", Holders({}), node_name="n2", qemu_img="no-such-qemu-img")
+    with pytest.raises(ComputeError) as info:
+        accept(store, b"\0" * 4096, "raw")
+    assert not isinstance(info.value, ImageRefused) and "not installed" in str(info.value)
+    assert list(store.dir.iterdir()) == []
+
+
+def test_at_most_a_few_uploads_run_at_once_on_a_node(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    store.uploads = ImageStore.MAX_UPLOADS
+    with pytest.raises(TransferBusy):
+        accept(store, fake_iso(), "iso")

@@ -189,3 +189,80 @@ def test_a_default_image_is_used_when_a_request_names_none() -> None:
     replica.ok("vm.delete", {"id": "a"})
     replica.ok("image.delete", {"id": "img1"})
     assert replica.state.cluster["default_image"] is None
+
+
+def test_a_guest_that_never_releases_a_disk_is_asked_again_only_after_a_while_and_still_stops() -> None:
+    replica = placed()
+    fake = FakeCompute(releases_unplugged=False)
+    env, agent = agent_for(replica, fake)
+    agent.settings.unplug_retry_s = 3600
+    replica.ok("vm.disk.add", {"id": "vm1", "disk_id": "d1", "size_gb": 2})
+    step(agent, env)
+    replica.ok("vm.disk.remove", {"id": "vm1", "disk_id": "d1"})
+    step(agent, env, 5)
+    assert fake.calls.count(("detach_live", "vm1")) == 1  # not every pass
+    assert replica.state.vms["vm1"]["observed"]["disks"] == ["sda", "vda", "vdc"]  # honest: still plugged in
+    replica.ok("vm.stop", {"id": "vm1"})
+    step(agent, env)
+    assert replica.state.vms["vm1"]["state"] == "stopped"
+
+
+def test_moving_the_swap_dir_never_unplugs_a_running_guests_swap() -> None:
+    replica = placed(swap_mb=256)
+    fake = FakeCompute()
+    env, agent = agent_for(replica, fake)
+    step(agent, env)
+    agent.settings.swap_dir = "/fast/swap"
+    step(agent, env, 2)
+    assert ("detach_live", "vm1") not in fake.calls and fake.live["vm1"]["vdb"] == "/srv/vms/vm1-swap.qcow2"
+    assert {d.target: d.path for d in fake.defined["vm1"].disks}["vdb"] == "/fast/swap/vm1-swap.qcow2"  # from the next start
+
+
+class SlowIsos:
+    """An image source whose ISO copies take forever to arrive (OS images are at hand)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def path_of(self, image: dict) -> str:
+        return str(self.base) if image["format"] != "iso" else f"/images/{image['id']}"
+
+    async def local_path(self, image: dict) -> str:
+        if image["format"] == "iso":
+            await asyncio.sleep(3600)
+        return self.path_of(image)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed (scripts/install.sh installs it)")
+def test_an_iso_still_on_its_way_holds_up_neither_the_vm_nor_its_power_steps(tmp_path: Path) -> None:
+    replica = placed()
+    LocalDisks().ensure(tmp_path / "base.qcow2", 1)
+    fake = FakeCompute()
+    env = FakeEnv(replica, node_name="n1")
+    settings = ReconcileSettings(domain_type="qemu", vm_dir=str(tmp_path / "vms"))
+    agent = VmReconciler(fake, settings, disks=LocalDisks(), image_source=SlowIsos(tmp_path / "base.qcow2"))
+    step(agent, env)
+    assert replica.state.vms["vm1"]["state"] == "running"
+    replica.ok("vm.iso.attach", {"id": "vm1", "image": "iso1"})
+    step(agent, env)
+    vm = replica.state.vms["vm1"]
+    assert "being fetched" in vm["observed"]["device_error"] and vm["state"] == "running"
+    assert "sdb" not in fake.live["vm1"]
+    replica.ok("vm.stop", {"id": "vm1"})
+    step(agent, env)
+    assert replica.state.vms["vm1"]["state"] == "stopped"
+
+
+def test_a_failed_hot_plug_is_reported_without_putting_the_vm_in_error() -> None:
+    replica = placed()
+    fake = FakeCompute()
+    env, agent = agent_for(replica, fake)
+    step(agent, env)
+    fake.fail_next("attach_live", "unable to open /isos/iso1.iso: Permission denied")
+    replica.ok("vm.iso.attach", {"id": "vm1", "image": "iso1"})
+    step(agent, env)
+    vm = replica.state.vms["vm1"]
+    assert vm["state"] == "running" and "Permission denied" in vm["observed"]["device_error"]
+    step(agent, env)
+    vm = replica.state.vms["vm1"]
+    assert vm["observed"]["device_error"] is None and "sdb" in vm["observed"]["disks"]
