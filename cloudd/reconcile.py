@@ -11,8 +11,10 @@ cloudd's back) is repaired towards the desired state, or only reported when the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
@@ -107,13 +109,18 @@ class VmReconciler:
     disks: LocalDisks | None = None  # None: the hypervisor needs no files (libvirt's test driver)
     image_source: ImageSource = field(default_factory=ImagesByPath)
     fetches: ImageFetches = field(init=False)
+    threads: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.fetches = ImageFetches(self.image_source)
+        self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hypervisor")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking hypervisor or disk call in the agent's own threads, with a timeout
+        (a hung libvirtd then holds up only these threads, not the API's)."""
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.settings.call_timeout_s)
+            return await asyncio.wait_for(loop.run_in_executor(self.threads, functools.partial(fn, *args)), self.settings.call_timeout_s)
         except asyncio.TimeoutError:
             raise ComputeError(f"hypervisor call {getattr(fn, '__name__', fn)} timed out", transient=True) from None
 

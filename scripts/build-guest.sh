@@ -154,6 +154,10 @@ SH
 }
 
 # --- the bootable disk ----------------------------------------------------------------
+boot_cfg() {  # $1: more kernel arguments -> a syslinux/isolinux config on stdout
+  printf 'SERIAL 0 115200\nDEFAULT cloudd\nPROMPT 0\nTIMEOUT 0\nLABEL cloudd\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND console=tty0 console=ttyS0%s\n' "$1"
+}
+
 build_disk() {  # $1 vmlinuz, $2 initrd.img -> $work/disk.qcow2
   local img=disk.img size_mib=64 start=2048  # partition at 1 MiB (sectors of 512 bytes)
   local offset=$((start * 512)) sectors=$((size_mib * 2048 - start))
@@ -161,16 +165,7 @@ build_disk() {  # $1 vmlinuz, $2 initrd.img -> $work/disk.qcow2
   printf 'label: dos\nstart=%d, size=%d, type=6, bootable\n' "$start" "$sectors" | sfdisk -q "$img"
   mkfs.fat -F 16 -n CLOUDDBOOT -h "$start" --offset "$start" "$img" $((sectors / 2)) >/dev/null
   syslinux --offset "$offset" --install "$img"
-  cat > syslinux.cfg <<'CFG'
-SERIAL 0 115200
-DEFAULT cloudd
-PROMPT 0
-TIMEOUT 0
-LABEL cloudd
-  LINUX /vmlinuz
-  INITRD /initrd.img
-  APPEND console=tty0 console=ttyS0
-CFG
+  boot_cfg "" > syslinux.cfg
   cp "$1" vmlinuz.disk
   cp "$2" initrd.disk
   mcopy -o -i "$img@@$offset" syslinux.cfg ::/syslinux.cfg
@@ -186,16 +181,7 @@ build_iso() {  # $1 vmlinuz, $2 initrd.img -> $work/boot.iso (isolinux, El Torit
   cp /usr/lib/ISOLINUX/isolinux.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 iso/isolinux/
   cp "$1" iso/vmlinuz
   cp "$2" iso/initrd.img
-  cat > iso/isolinux/isolinux.cfg <<'CFG'
-SERIAL 0 115200
-DEFAULT cloudd
-PROMPT 0
-TIMEOUT 0
-LABEL cloudd
-  LINUX /vmlinuz
-  INITRD /initrd.img
-  APPEND console=tty0 console=ttyS0 cloudd.boot=cd
-CFG
+  boot_cfg " cloudd.boot=cd" > iso/isolinux/isolinux.cfg
   genisoimage -quiet -o boot.iso -V CLOUDDBOOT -J -r -b isolinux/isolinux.bin -c isolinux/boot.cat \
     -no-emul-boot -boot-load-size 4 -boot-info-table iso
 }

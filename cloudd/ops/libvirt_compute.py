@@ -33,6 +33,7 @@ POWER = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
     libvirt.VIR_DOMAIN_NOSTATE: "shut_off",
 }
+LOCK_WAIT_S = 10.0  # below the reconciler's call timeout
 CONNECTION_LOST = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
 TRANSIENT = CONNECTION_LOST | {libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_TIMEOUT}
 
@@ -178,7 +179,11 @@ class LibvirtCompute:
         return self._conn
 
     def _run(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        with self._lock:
+        # a hung libvirtd blocks the call that holds the lock (libvirt.open() has no timeout,
+        # not even with keepalive): give up waiting rather than pile up threads behind it
+        if not self._lock.acquire(timeout=LOCK_WAIT_S):
+            raise ComputeError(f"{what}: libvirt at {self.uri} is still busy with an earlier call", transient=True)
+        try:
             conn = self._connection()
             try:
                 return fn(conn)
@@ -187,6 +192,8 @@ class LibvirtCompute:
                 if exc.get_error_code() in CONNECTION_LOST:
                     self._drop()
                 raise ComputeError(f"{what}: {exc.get_error_message()}", transient=transient) from None
+        finally:
+            self._lock.release()
 
     def _domain(self, conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain | None:
         try:
@@ -239,7 +246,16 @@ class LibvirtCompute:
         return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks)
 
     def define(self, spec: DomainSpec) -> None:
-        self._run(f"defining {spec.domain_name}", lambda conn: conn.defineXML(domain_xml(spec)))
+        def go(conn: libvirt.virConnect) -> None:
+            try:
+                conn.defineXML(domain_xml(spec))
+            except libvirt.libvirtError as exc:
+                # a domain of that name destroyed behind our back is still being torn down
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and "being removed" in (exc.get_error_message() or ""):
+                    raise ComputeError(f"defining {spec.domain_name}: {exc.get_error_message()}", transient=True) from None
+                raise
+
+        self._run(f"defining {spec.domain_name}", go)
 
     def start(self, vm_id: str) -> None:
         def go(conn: libvirt.virConnect) -> None:

@@ -8,20 +8,18 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import libvirt
 import pytest
 
 from cloudd.ops.compute import DiskSpec, DomainSpec
 from cloudd.ops.libvirt_compute import LibvirtCompute
+from tests.e2e.guest_helpers import serial, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MARKER = "CLOUDD-GUEST-BOOTED"
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +38,6 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Libvirt
                     os.kill(int(pid_file.read_text()), signal.SIGKILL)
                 except (OSError, ValueError):
                     pass
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def serial(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def make_iso(directory: Path, label: str, files: dict[str, str]) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -11,6 +10,7 @@ import pytest
 
 from cloudd.ops.compute import DomainSpec
 from cloudd.ops.libvirt_compute import LibvirtCompute
+from tests.e2e.guest_helpers import serial, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MARKER = "CLOUDD-GUEST-BOOTED"
@@ -23,20 +23,6 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Libvirt
     yield drv, root
     for vm_id in list(drv.domains()):
         drv.undefine(vm_id)
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def serial(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def test_boot_shutdown_start_reset_destroy_undefine(embedded: tuple[LibvirtCompute, Path], guest: Path) -> None:
