@@ -194,3 +194,38 @@ def test_a_vm_with_a_blank_disk_boots_its_install_iso(node: tuple[LocalCluster, 
     assert "cloudd.boot=cd" in text and "CLOUDD-GUEST-SEED hostname=installing" in text  # the ISO, not the seed CD
     gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
     wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")
+
+
+def vnc_password(cluster: LocalCluster, vm_id: str) -> str:
+    """The VM's VNC password, as its node gave it to libvirt (no API shows it)."""
+    import xml.etree.ElementTree as ET
+
+    config = next((cluster.nodes["node1"].data_dir / "libvirt").rglob(f"etc/qemu/cloudd-{vm_id}.xml"))
+    graphics = ET.parse(config).find("./devices/graphics[@type='vnc']")
+    assert graphics is not None and graphics.get("passwd")
+    return str(graphics.get("passwd"))
+
+
+def test_the_vnc_console_takes_the_vms_password_and_a_login(node: tuple[LocalCluster, httpx.Client]) -> None:
+    from tests.e2e.rfb import RfbClient
+
+    cluster, gina = node
+    vm_id = gina.post("/api/v1/vms", json={"name": "console", "flavor": "tiny", "image": "tiny-disk"}).json()["id"]
+    wait_for(lambda: MARKER in serial_text(cluster, vm_id), 120, what="boot marker")
+    port = wait_for(lambda: vm(gina, vm_id)["observed"]["vnc_port"], 30, what="VNC port")
+    first = qemu_pid(cluster, vm_id)
+    with pytest.raises(PermissionError):
+        RfbClient("127.0.0.1", port, "wrong-pw").close()
+    console = RfbClient("127.0.0.1", port, vnc_password(cluster, vm_id))
+    try:
+        assert console.width >= 640 and console.height >= 400
+        time.sleep(2)  # the getty on tty1 is up once the boot marker is out; give it a moment
+        console.type("root\n")  # the tiny guest's root has no password
+        time.sleep(2)
+        console.type("poweroff -f\n")  # typed at the shell on the VNC screen
+    finally:
+        console.close()
+    # the guest really powered off: cloudd sees it and (desired: running) starts it again
+    wait_for(lambda: (p := qemu_pid(cluster, vm_id)) and p != first, 60, interval=0.2, what="the guest powered off from its console")
+    gina.delete(f"/api/v1/vms/{vm_id}").raise_for_status()
+    wait_for(lambda: gina.get(f"/api/v1/vms/{vm_id}").status_code == 404, 30, what="VM gone")
