@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 
 from cloudd.commands.images import MAX_IMAGES_PER_USER
 from tests.factories import PW_HASH, Replica, admit, initialized
+from tests.unit.test_compute_commands import unchanged
 
 SHA = "ab" * 32
 
@@ -28,14 +28,6 @@ def create(replica: Replica, image_id: str = "img1", **extra: object) -> dict:
 def done(replica: Replica, image_id: str = "img1", node: str = "n1", **extra: object) -> dict:
     args = {"id": image_id, "node": node, "size_bytes": 1234, "virtual_size_gb": 2.5, "sha256": SHA, **extra}
     return replica.ok("image.upload_done", args)
-
-
-def unchanged(replica: Replica, op: str, args: dict, code: str) -> dict:
-    before = copy.deepcopy(replica.state.domain_dict())
-    outcome = replica.do(op, args)
-    assert outcome.get("error", {}).get("code") == code, outcome
-    assert replica.state.domain_dict() == before
-    return outcome["error"]
 
 
 def test_an_upload_goes_from_uploading_to_ready_with_its_first_copy() -> None:
