@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from cloudd.ops.libvirt_compute import LibvirtCompute
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_CACHE = Path("/tmp/cloudd-test-guest")
@@ -28,3 +33,30 @@ def guest() -> Path:
         pytest.skip(reason)
     subprocess.run(["bash", str(ROOT / "scripts" / "build-guest.sh"), str(GUEST_CACHE)], check=True, capture_output=True, timeout=300)
     return GUEST_CACHE
+
+
+EMBED_VNC_PORTS = (6900, 6979)
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LibvirtCompute, Path]]:
+    """This test process's embedded libvirt. Its qemu driver serves one root per process
+    (a second root is refused, and qemu:/// URIs then resolve to it), so every in-process
+    test shares this one; other libvirts are reached over qemu+unix:// or from cloudd nodes."""
+    reason = qemu_missing()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("embed")
+    drv = LibvirtCompute(f"qemu:///embed?root={root}", vnc_range=EMBED_VNC_PORTS)
+    try:
+        yield drv, root
+    finally:
+        try:
+            for vm_id in list(drv.domains()):
+                drv.undefine(vm_id)
+        finally:  # whatever happened above: no qemu of ours outlives the tests
+            for pid_file in (root / "run" / "qemu").glob("cloudd-*.pid"):
+                try:
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass

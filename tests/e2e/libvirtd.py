@@ -121,7 +121,9 @@ class PrivateLibvirtd:
 
     @property
     def uri(self) -> str:
-        return f"qemu:///system?socket={self.socket}"
+        # +unix names the remote driver: in a process that also holds an embedded libvirt,
+        # a plain qemu:/// URI would go to that one
+        return f"qemu+unix:///system?socket={self.socket}"
 
     def qemu_pid(self, domain: str) -> int | None:
         """The PID libvirtd recorded for a running domain (None when it does not run)."""
