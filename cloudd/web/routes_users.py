@@ -205,11 +205,14 @@ def routes(api: Api) -> list[Route]:
         principal = await api.principal(request)
         await api.fresh(request)
         op = request.query_params.get("op")
+        target = request.query_params.get("target")  # e.g. a VM's id: its history
         with runtime.raft.lock:
             events = [
                 e
                 for e in reversed(runtime.raft.state.events)
-                if (principal.is_admin or e["actor"].get("user") == principal.name) and (op is None or e["op"] == op)
+                if (principal.is_admin or e["actor"].get("user") == principal.name)
+                and (op is None or e["op"] == op)
+                and (target is None or e.get("target") == target)
             ]
         return json_response(page(events, request))
 

@@ -156,6 +156,11 @@ def test_extra_disks_and_isos_through_the_api(shared_cluster: LocalCluster, user
     assert erin.delete(f"/api/v1/vms/{vm_id}/iso").status_code == 409
     vm = vm_of(erin, vm_id)
     assert vm["disks"] == [] and vm["iso"] is None
+    history = erin.get("/api/v1/events", params={"target": vm_id}).json()["items"]
+    assert all(e["target"] == vm_id for e in history) and history[-1]["op"] == "vm.create"
+    assert [e["op"] for e in history if e["outcome"] == "ok"][:4] == ["vm.iso.detach", "vm.disk.remove", "vm.iso.attach", "vm.disk.add"]
+    assert history[0]["op"] == "vm.iso.detach" and history[0]["outcome"] == "conflict"  # refused calls are on record too
+    assert frank.get("/api/v1/events", params={"target": vm_id}).json()["items"] == []
     assert erin.delete(f"/api/v1/vms/{vm_id}").status_code == 202
 
 
