@@ -198,6 +198,21 @@ def register(cli: click.Group) -> None:
         lambda disk_id: None, click.argument("disk_id"),
     )
 
+    @vm.command("history")
+    @click.argument("vm_ref", metavar="VM")
+    @click.option("--limit", type=int, default=50, show_default=True)
+    @pass_ctx
+    def vm_history(ctx: Ctx, vm_ref: str, limit: int) -> None:
+        """What was asked of a VM, newest first, and how each request ended."""
+        from cli.commands_users import EVENT_COLUMNS
+
+        def go() -> None:
+            client = ctx.client()
+            vm_id = client.request("GET", f"/api/v1/vms/{q(vm_ref)}")["id"]
+            emit(client.request("GET", "/api/v1/events", params={"target": vm_id, "limit": limit})["items"], ctx.output, EVENT_COLUMNS)
+
+        run(go)
+
     @vm.command("delete")
     @click.argument("vm_ref", metavar="VM")
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -1,4 +1,4 @@
-"""cloudctl user … and cloudctl token …"""
+"""cloudctl user …, cloudctl token … and cloudctl event …"""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from cli.output import emit
 
 USER_COLUMNS = ["name", "role", "created_at", "disabled"]
 TOKEN_COLUMNS = ["id", "user", "name", "kind", "created_at", "expires_at"]
+EVENT_COLUMNS = ["ts", "op", "target", "actor", "outcome", "message"]
 
 
 def register(cli: click.Group) -> None:
@@ -69,3 +70,21 @@ def register(cli: click.Group) -> None:
     def token_revoke(ctx: Ctx, token_id: str) -> None:
         """Revoke a token by id."""
         run(lambda: emit(ctx.client().request("DELETE", f"/api/v1/tokens/{q(token_id)}"), ctx.output))
+
+    @cli.group()
+    def event() -> None:
+        """The audit log: who did what, when, and how it ended."""
+
+    @event.command("list")
+    @click.option("--op", default=None, help="Only this command, e.g. vm.create.")
+    @click.option("--target", default=None, help="Only events about this object (a VM id, a user name, …).")
+    @click.option("--limit", type=int, default=50, show_default=True)
+    @pass_ctx
+    def event_list(ctx: Ctx, op: str | None, target: str | None, limit: int) -> None:
+        """List events, newest first (yours; admins see everyone's)."""
+        params: dict[str, object] = {"limit": limit}
+        if op:
+            params["op"] = op
+        if target:
+            params["target"] = target
+        run(lambda: emit(ctx.client().request("GET", "/api/v1/events", params=params)["items"], ctx.output, EVENT_COLUMNS))

@@ -116,6 +116,19 @@ def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None
     assert "cli-vm" in ctl("vm", "list").output
     result = ctl("vm", "reset", "cli-vm")
     assert result.exit_code == 1 and "409" in result.output
+    assert ctl("image", "register", "cli-cd", "--path", "/srv/images/cli.iso", "--format", "iso", "--size", "0.5").exit_code == 0
+    disk = json.loads(ctl("-o", "json", "vm", "disk-add", "cli-vm", "--size", "2").output)["disk"]
+    assert disk["target"] == "vdc"
+    assert ctl("vm", "attach-iso", "cli-vm", "cli-cd").exit_code == 0
+    result = ctl("vm", "attach-iso", "cli-vm", "cli-img")
+    assert result.exit_code == 1 and "not an ISO" in result.output
+    assert ctl("vm", "detach-iso", "cli-vm").exit_code == 0
+    assert ctl("vm", "disk-remove", "cli-vm", disk["id"]).exit_code == 0
+    result = ctl("vm", "disk-remove", "cli-vm", "no-such-disk")
+    assert result.exit_code == 1 and "404" in result.output
+    history = json.loads(ctl("-o", "json", "vm", "history", "cli-vm").output)
+    assert [e["op"] for e in history if e["outcome"] == "ok"][:4] == ["vm.disk.remove", "vm.iso.detach", "vm.iso.attach", "vm.disk.add"]
+    assert "vm.reset" in ctl("event", "list", "--target", created["id"]).output
     result = ctl("vm", "create", "cli-vm2", "--flavor", "no-such")
     assert result.exit_code == 1 and "flavor no-such not found (404)" in result.output
     result = ctl("-o", "json", "vm", "delete", "cli-vm", "--yes")
