@@ -133,3 +133,16 @@ def test_usage_is_sampled_every_interval_with_cpu_percent_from_the_counters() ->
     replica.ok("vm.stop", {"id": "vm1"})
     step(agent, env)
     assert replica.state.vms["vm1"]["usage"] is None
+
+
+def test_a_stopped_vm_started_behind_our_back_is_stopped_again() -> None:
+    replica, env, fake, agent = setup()
+    step(agent, env)
+    replica.ok("vm.stop", {"id": "vm1"})
+    step(agent, env)
+    assert replica.state.vms["vm1"]["state"] == "stopped"
+    fake.power["vm1"] = "running"  # virsh start behind our back
+    step(agent, env, 3)
+    assert fake.power["vm1"] == "shut_off" and fake.calls[-1] == ("destroy", "vm1")
+    vm = replica.state.vms["vm1"]
+    assert vm["state"] == "stopped" and vm["desired"]["power"] == "stopped"
