@@ -23,6 +23,7 @@ from cloudd.validate import HOSTNAME_RE, Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import Principal, require_admin
 from cloudd.web.http import guarded, json_response, read_json
+from cloudd.web.routes_images import image_by_ref
 
 VM_ACTIONS = {"start": "vm.start", "stop": "vm.stop", "shutdown": "vm.shutdown", "reset": "vm.reset", "reboot": "vm.reboot"}
 HIDDEN_VM_FIELDS = ("user_data", "vnc_password")  # the console proxy hands out access
@@ -52,15 +53,10 @@ def routes(api: Api) -> list[Route]:
 
     def image_id(ref: str, owner: str) -> str:
         """An image id from an id or a name the owner can use (left as is when unknown:
-        the command answers 404)."""
+        the command answers 404, and checks the owner may use it)."""
         with runtime.raft.lock:
-            images = runtime.raft.state.images
-            if ref in images:
-                return ref
-            named = [i for i in images.values() if i["name"] == ref and (i["public"] or i["owner"] == owner)]
-        if len(named) > 1:
-            raise CloudError("conflict", f"several images are named {ref}: use the id", {"ids": sorted(i["id"] for i in named)})
-        return named[0]["id"] if named else ref
+            image = image_by_ref(runtime.raft.state.images, ref, owner)
+        return image["id"] if image is not None else ref
 
     @guarded
     async def flavors_list(request: Request) -> Response:

@@ -31,6 +31,16 @@ def image_visible(image: dict[str, Any], principal: Principal) -> bool:
     return principal.is_admin or image["public"] or image["owner"] == principal.name
 
 
+def image_by_ref(images: dict[str, dict[str, Any]], ref: str, user: str, is_admin: bool = False) -> dict[str, Any] | None:
+    """The image ``ref`` names for ``user``: its id, else its name among ``user``'s own
+    images, else among the ones ``user`` can see when only one has it (None otherwise)."""
+    if ref in images:
+        return images[ref]
+    named = [i for i in images.values() if i["name"] == ref and (is_admin or i["public"] or i["owner"] == user)]
+    own = [i for i in named if i["owner"] == user]
+    return (own or named)[0] if len(own or named) == 1 else None
+
+
 def may_change(image: dict[str, Any], principal: Principal) -> bool:
     return principal.is_admin or image["owner"] == principal.name
 
@@ -41,12 +51,7 @@ def routes(api: Api) -> list[Route]:
     def find_image(principal: Principal, ref: str) -> dict[str, Any]:
         """An image by id, or by name (yours first, then a unique visible one)."""
         with runtime.raft.lock:
-            images = runtime.raft.state.images
-            image = images.get(ref)
-            if image is None:
-                named = [i for i in images.values() if i["name"] == ref and image_visible(i, principal)]
-                own = [i for i in named if i["owner"] == principal.name]
-                image = (own or named)[0] if len(own or named) == 1 else None
+            image = image_by_ref(runtime.raft.state.images, ref, principal.name, principal.is_admin)
             default = runtime.raft.state.cluster.get("default_image")
             image = None if image is None or not image_visible(image, principal) else {**image, "default": image["id"] == default}
         if image is None:
