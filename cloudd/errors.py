@@ -12,6 +12,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid": 400,
     "unauthenticated": 401,
     "forbidden": 403,
+    "quota_exceeded": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,

@@ -142,18 +142,23 @@ class VmReconciler:
             iso_path = self.image_source.path_of(iso)
         return self.layout.spec(vm, boot, iso_path, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen)
 
-    async def ensure_files(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> None:
-        """Create every file the VM's domain refers to (each step idempotent)."""
+    async def ensure_files(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], offline: bool = True) -> None:
+        """Create every file the VM's domain refers to (each step idempotent); while the
+        domain is ``offline``, grow an OS disk that a resize made bigger."""
         if self.disks is None:
             return
         layout, vm_id = self.layout, vm["id"]
         image = images.get(vm.get("image") or "")
         backing = backing_format = None
-        if image is not None and image["format"] in ("qcow2", "raw") and not layout.root_disk(vm_id).exists():
+        root = layout.root_disk(vm_id)
+        existed = root.exists()
+        if image is not None and image["format"] in ("qcow2", "raw") and not existed:
             backing, backing_format = await self.fetches.ready(image), image["format"]
         if vm.get("iso") and vm["iso"] in images:
             await self.fetches.ready(images[vm["iso"]])
-        await self._call(self.disks.ensure, layout.root_disk(vm_id), vm["disk_gb"], backing, backing_format)
+        await self._call(self.disks.ensure, root, vm["disk_gb"], backing, backing_format)
+        if existed and offline and await self._call(self.disks.grow, root, vm["disk_gb"]):
+            log.info("VM %s: OS disk grown to %g GB", vm["name"], vm["disk_gb"])
         if vm.get("swap_mb"):
             await self._call(self.disks.ensure, layout.swap_disk(vm_id), vm["swap_mb"] / 1024)
         for extra in vm.get("disks", ()):
@@ -265,7 +270,7 @@ class VmReconciler:
         hypervisor itself is unreachable."""
         try:
             if seen.digest != spec.digest:
-                await self.ensure_files(vm, images)
+                await self.ensure_files(vm, images, offline=seen.power not in ("running", "paused"))
                 await self._call(self.driver.define, spec)  # the next start; live changes below
             if seen.power == "running" and self.driver.hotplug:
                 await self._hotplug(spec, seen, memory)

@@ -59,7 +59,7 @@ class VmLayout:
 
     def disks(self, vm: dict[str, Any], iso_path: str | None, firmware_boot: bool = True) -> tuple[DiskSpec, ...]:
         vm_id = vm["id"]
-        disks = [DiskSpec(str(self.root_disk(vm_id)), target="vda", serial="root", boot_order=1 if firmware_boot else None)]
+        disks = [DiskSpec(str(self.root_disk(vm_id)), target="vda", serial="root", boot_order=1 if firmware_boot else None, size_gb=vm["disk_gb"])]
         if vm.get("swap_mb"):
             disks.append(DiskSpec(str(self.swap_disk(vm_id)), target=SWAP_TARGET, serial="swap"))
         for extra in vm.get("disks", ()):

@@ -14,7 +14,9 @@ from cloudd.alloc.placement import demand_of, eligible, fits, largest_possible, 
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
+from cloudd.commands.pools import Usage, check_quota
 from cloudd.model.state import State
+from cloudd.model.tasks import follow_vm, open_task, vm_gone
 from cloudd.model.vm import POWER_STATES, move
 from cloudd.validate import HOSTNAME_RE, Field
 
@@ -125,8 +127,9 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         raise CloudError("conflict", f"image {image['name']} is {image['state']}, not ready", {"state": image["state"]})
     if args.get("iso"):
         usable_iso(state, args["iso"], args["owner"])
-    biggest = largest_possible(state.nodes)
     total_disk = sizes["disk_gb"] + args.get("swap_mb", 0) / 1024
+    check_quota(state, args["owner"], Usage(sizes["vcpus"], sizes["ram_mb"], total_disk, 1, 0))
+    biggest = largest_possible(state.nodes)
     for key, want, have in (("vcpus", sizes["vcpus"], biggest.vcpus), ("ram_mb", sizes["ram_mb"], biggest.ram_mb), ("disk_gb", total_disk, biggest.disk_gb)):
         if want > have:
             raise CloudError("invalid", f"{key}={want:g} is more than any hypervisor has ({have:g})", {"field": key})
@@ -153,9 +156,11 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "observed": {"power": None, "ts": None, "error": None, "vnc_port": None},
         "error": None,
         "created_at": ctx.ts,
+        "tasks": [],
     }
     state.vms[args["id"]] = vm
-    return {"id": vm["id"], "name": vm["name"], "state": vm["state"]}
+    task = open_task(state, ctx, "vm.create", vm, power=vm["desired"]["power"])
+    return {"id": vm["id"], "name": vm["name"], "state": vm["state"], "task": dict(task)}
 
 
 @command("vm.place", {"id": OBJECT_ID, "node": NODE_NAME}, target="id")
@@ -170,6 +175,7 @@ def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]
         raise CloudError("conflict", f"node {node['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = node["name"]
     move(vm, "creating", ctx.ts, f"placed on {node['name']}")
+    follow_vm(state, vm, ctx.ts)
     return {"id": vm["id"], "node": vm["node"], "state": vm["state"]}
 
 
@@ -180,6 +186,7 @@ def vm_unplaceable(state: State, ctx: Context, args: dict[str, Any]) -> dict[str
     if vm["state"] != "pending":
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}, not pending", {"state": vm["state"]})
     vm["state_reason"] = args["reason"]
+    follow_vm(state, vm, ctx.ts)
     return {"id": vm["id"], "reason": args["reason"]}
 
 
@@ -205,7 +212,8 @@ def vm_start(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]
         move(vm, "starting", ctx.ts)  # raises the 409
     _power_change(vm, "running", ctx.ts)
     vm["error"] = None
-    return {"id": vm["id"], "state": vm["state"]}
+    task = open_task(state, ctx, "vm.start", vm)
+    return {"id": vm["id"], "state": vm["state"], "task": dict(task)}
 
 
 def _stop(state: State, ctx: Context, args: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -214,7 +222,8 @@ def _stop(state: State, ctx: Context, args: dict[str, Any], mode: str) -> dict[s
         move(vm, "stopping", ctx.ts)  # raises the 409
     vm["desired"]["stop_mode"] = mode
     _power_change(vm, "stopped", ctx.ts)
-    return {"id": vm["id"], "state": vm["state"]}
+    task = open_task(state, ctx, "vm.stop" if mode == "force" else "vm.shutdown", vm)
+    return {"id": vm["id"], "state": vm["state"], "task": dict(task)}
 
 
 @command("vm.shutdown", {"id": OBJECT_ID}, target="id")
@@ -235,7 +244,8 @@ def _action(state: State, ctx: Context, args: dict[str, Any], action: str) -> di
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}: {action} needs it running", {"state": vm["state"]})
     vm["desired"]["action"] = action
     vm["desired"]["action_seq"] += 1
-    return {"id": vm["id"], "action": action, "action_seq": vm["desired"]["action_seq"]}
+    task = open_task(state, ctx, f"vm.{action}", vm, action_seq=vm["desired"]["action_seq"])
+    return {"id": vm["id"], "action": action, "action_seq": vm["desired"]["action_seq"], "task": dict(task)}
 
 
 @command("vm.reset", {"id": OBJECT_ID}, target="id")
@@ -255,10 +265,13 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     """Delete the VM: at once when never placed, else through its node's agent."""
     vm = get_vm(state, args["id"])
     if vm["state"] == "pending":
+        task = open_task(state, ctx, "vm.delete", vm)
         del state.vms[vm["id"]]
-        return {"id": vm["id"], "state": "deleted"}
+        vm_gone(state, vm, ctx.ts)
+        return {"id": vm["id"], "state": "deleted", "task": dict(task)}
     move(vm, "deleting", ctx.ts, "delete requested")
-    return {"id": vm["id"], "state": vm["state"]}
+    task = open_task(state, ctx, "vm.delete", vm)
+    return {"id": vm["id"], "state": vm["state"], "task": dict(task)}
 
 
 @command(
@@ -312,6 +325,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if now == "deleting":
         if power == "absent":
             del state.vms[vm["id"]]
+            vm_gone(state, vm, ctx.ts)
             return {"id": args["id"], "state": "deleted"}
         return {"id": vm["id"], "state": now}
     if error:
@@ -325,4 +339,5 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         move(vm, "stopped", ctx.ts, f"reported {power}")
     if not error and vm["state"] != "error":
         vm["error"] = None
+    follow_vm(state, vm, ctx.ts)
     return {"id": vm["id"], "state": vm["state"], "desired": dict(vm["desired"])}

@@ -36,6 +36,7 @@ class DiskSpec:
     readonly: bool = False
     serial: str | None = None
     boot_order: int | None = None  # the firmware tries devices in this order (None: never)
+    size_gb: float | None = None  # the file's size (the agent grows it offline; not in the XML)
 
 
 @dataclass(frozen=True)

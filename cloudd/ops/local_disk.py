@@ -6,6 +6,7 @@ name, then renamed), so an agent that crashes halfway leaves no half-made disk b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,16 +29,38 @@ class LocalDisks:
             args += ["-b", backing, "-F", backing_format or "qcow2"]
         args += [str(tmp), f"{max(1, int(size_gb * 1024))}M"]
         try:
-            subprocess.run(args, check=True, capture_output=True, text=True, timeout=120)
+            self._run(args, f"creating disk {path.name}")
+        except ComputeError:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
+
+    def virtual_size(self, path: Path) -> int:
+        """The disk's size as its guest sees it, in bytes."""
+        out = self._run([self.qemu_img, "info", "--output=json", "-U", str(path)], f"reading disk {path.name}")
+        try:
+            return int(json.loads(out)["virtual-size"])
+        except (ValueError, KeyError, TypeError):
+            raise ComputeError(f"qemu-img info gave no size for {path.name}") from None
+
+    def grow(self, path: Path, size_gb: float) -> bool:
+        """Grow a disk that is not in use to ``size_gb`` (never shrinks); True if it grew."""
+        want = max(1, int(size_gb * 1024)) << 20
+        if self.virtual_size(path) >= want:
+            return False
+        self._run([self.qemu_img, "resize", "-q", str(path), str(want)], f"growing disk {path.name}")
+        return True
+
+    def _run(self, args: list[str], what: str) -> str:
+        try:
+            done = subprocess.run(args, check=True, capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
             raise ComputeError(f"{self.qemu_img} is not installed on this node") from None
         except subprocess.CalledProcessError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ComputeError(f"creating disk {path.name}: {exc.stderr.strip()[:300]}") from None
+            raise ComputeError(f"{what}: {exc.stderr.strip()[:300]}") from None
         except subprocess.TimeoutExpired:
-            tmp.unlink(missing_ok=True)
-            raise ComputeError(f"creating disk {path.name} timed out", transient=True) from None
-        os.replace(tmp, path)
+            raise ComputeError(f"{what} timed out", transient=True) from None
+        return done.stdout
 
     def remove(self, path: Path) -> None:
         """Delete one disk file; no-op when it is gone."""

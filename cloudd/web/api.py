@@ -12,7 +12,8 @@ from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
 from cloudd.web.auth import LoginLimiter, Principal, authenticate
 from cloudd.validate import check_args
-from cloudd.web.http import min_index, request_id
+from cloudd.web.http import json_response, min_index, request_id
+from starlette.responses import Response
 
 
 class Api:
@@ -47,3 +48,14 @@ def page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
     if not 1 <= limit <= 1000 or offset < 0:
         raise CloudError("invalid", "limit must be 1..1000 and offset >= 0")
     return {"items": items[offset : offset + limit], "total": len(items), "limit": limit, "offset": offset}
+
+
+def accepted(result: dict[str, Any], index: int, view: dict[str, Any] | None = None) -> Response:
+    """202 for a long operation: the body carries its ``task``; ``Location`` points at it."""
+    body = dict(view if view is not None else result)
+    task = result.get("task")
+    headers = {}
+    if task is not None:
+        body["task"] = task
+        headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return json_response(body, status=202, index=index, headers=headers)

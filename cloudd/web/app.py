@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
-from cloudd.web import routes_cluster, routes_compute, routes_images, routes_nodes, routes_users, ui
+from cloudd.web import routes_cluster, routes_compute, routes_images, routes_nodes, routes_pools, routes_users, ui
 from cloudd.web.api import Api
 from cloudd.web.http import error_response, json_response
 
@@ -40,6 +40,7 @@ def create_app(runtime: NodeRuntime) -> Starlette:
     routes += routes_users.routes(api)
     routes += routes_compute.routes(api)
     routes += routes_images.routes(api)
+    routes += routes_pools.routes(api)
     routes += ui.routes(api)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.api = api

@@ -20,12 +20,18 @@ from cloudd.commands.compute import FLAVOR_NAME, SSH_KEY
 from cloudd.errors import CloudError
 from cloudd.model.vm import STATES
 from cloudd.validate import HOSTNAME_RE, Field
-from cloudd.web.api import Api, page
+from cloudd.web.api import Api, accepted, page
 from cloudd.web.auth import Principal, require_admin
 from cloudd.web.http import guarded, json_response, read_json
 from cloudd.web.routes_images import image_by_ref
 
 VM_ACTIONS = {"start": "vm.start", "stop": "vm.stop", "shutdown": "vm.shutdown", "reset": "vm.reset", "reboot": "vm.reboot"}
+VM_RESIZE = {
+    "flavor": Field("str", max_len=64, required=False),
+    "vcpus": Field("int", required=False),
+    "ram_mb": Field("int", required=False),
+    "disk_gb": Field("num", required=False),
+}
 HIDDEN_VM_FIELDS = ("user_data", "vnc_password")  # the console proxy hands out access
 
 
@@ -140,8 +146,8 @@ def routes(api: Api) -> list[Route]:
         result, index = await api.commit(request, principal, "vm.create", args)
         with runtime.raft.lock:
             vm = runtime.raft.state.vms.get(result["id"])
-            view = vm_view(vm) if vm else result
-        return json_response(view, status=202, index=index)
+            view = vm_view(vm) if vm else None
+        return accepted(result, index, view)
 
     @guarded
     async def vms_show(request: Request) -> Response:
@@ -154,7 +160,7 @@ def routes(api: Api) -> list[Route]:
         principal = await api.principal(request)
         vm = find_vm(principal, request.path_params["ref"])
         result, index = await api.commit(request, principal, "vm.delete", {"id": vm["id"]})
-        return json_response(result, status=202, index=index)
+        return accepted(result, index)
 
     @guarded
     async def vms_action(request: Request) -> Response:
@@ -165,7 +171,7 @@ def routes(api: Api) -> list[Route]:
         await read_json(request, {})
         vm = find_vm(principal, request.path_params["ref"])
         result, index = await api.commit(request, principal, VM_ACTIONS[action], {"id": vm["id"]})
-        return json_response(result, status=202, index=index)
+        return accepted(result, index)
 
     @guarded
     async def vm_disk_add(request: Request) -> Response:
@@ -174,7 +180,7 @@ def routes(api: Api) -> list[Route]:
         vm = find_vm(principal, request.path_params["ref"])
         args = {"id": vm["id"], "disk_id": secrets.token_hex(6), "size_gb": body["size_gb"]}
         result, index = await api.commit(request, principal, "vm.disk.add", args)
-        return json_response(result, status=202, index=index)
+        return accepted(result, index)
 
     @guarded
     async def vm_disk_remove(request: Request) -> Response:
@@ -182,7 +188,7 @@ def routes(api: Api) -> list[Route]:
         vm = find_vm(principal, request.path_params["ref"])
         args = {"id": vm["id"], "disk_id": request.path_params["disk_id"]}
         result, index = await api.commit(request, principal, "vm.disk.remove", args)
-        return json_response(result, status=202, index=index)
+        return accepted(result, index)
 
     @guarded
     async def vm_iso_attach(request: Request) -> Response:
@@ -191,14 +197,22 @@ def routes(api: Api) -> list[Route]:
         vm = find_vm(principal, request.path_params["ref"])
         args = {"id": vm["id"], "image": image_id(body["image"], vm["owner"])}
         result, index = await api.commit(request, principal, "vm.iso.attach", args)
-        return json_response(result, status=202, index=index)
+        return accepted(result, index)
 
     @guarded
     async def vm_iso_detach(request: Request) -> Response:
         principal = await api.principal(request)
         vm = find_vm(principal, request.path_params["ref"])
         result, index = await api.commit(request, principal, "vm.iso.detach", {"id": vm["id"]})
-        return json_response(result, status=202, index=index)
+        return accepted(result, index)
+
+    @guarded
+    async def vm_resize(request: Request) -> Response:
+        principal = await api.principal(request)
+        body = await read_json(request, VM_RESIZE)
+        vm = find_vm(principal, request.path_params["ref"])
+        result, index = await api.commit(request, principal, "vm.resize", {"id": vm["id"], **body})
+        return accepted(result, index)
 
     return [
         Route("/api/v1/flavors", flavors_list, methods=["GET"]),
@@ -212,5 +226,6 @@ def routes(api: Api) -> list[Route]:
         Route("/api/v1/vms/{ref}/disks/{disk_id}", vm_disk_remove, methods=["DELETE"]),
         Route("/api/v1/vms/{ref}/iso", vm_iso_attach, methods=["POST"]),
         Route("/api/v1/vms/{ref}/iso", vm_iso_detach, methods=["DELETE"]),
+        Route("/api/v1/vms/{ref}/resize", vm_resize, methods=["POST"]),
         Route("/api/v1/vms/{ref}/{action}", vms_action, methods=["POST"]),
     ]

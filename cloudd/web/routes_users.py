@@ -20,6 +20,11 @@ from cloudd.web.auth import SESSION_COOKIE, TOKEN_PREFIX, Principal, require_adm
 from cloudd.web.http import guarded, json_response, read_json, request_id
 
 PASSWORD = Field("str", max_len=1024, check=lambda v: None if len(v) >= 8 else "must be at least 8 characters")
+USER_UPDATE = {
+    "pool": Field("str", max_len=64, nullable=True, required=False),
+    "disabled": Field("bool", required=False),
+    "role": Field("str", choices=USER_ROLES, required=False),
+}
 SESSION_TTL_S = 12 * 3600.0
 MAX_TOKEN_TTL_S = 10 * 365 * 86400.0
 # a hash to verify against when the user does not exist, so timing tells nothing
@@ -102,7 +107,10 @@ def routes(api: Api) -> list[Route]:
     @guarded
     async def whoami(request: Request) -> Response:
         principal = await api.principal(request)
-        return json_response({"kind": principal.kind, "name": principal.name, "role": principal.role})
+        with runtime.raft.lock:
+            user = runtime.raft.state.users.get(principal.name) if principal.kind == "user" else None
+            pool = user.get("pool") if user else None
+        return json_response({"kind": principal.kind, "name": principal.name, "role": principal.role, "pool": pool})
 
     @guarded
     async def users_list(request: Request) -> Response:
@@ -142,6 +150,14 @@ def routes(api: Api) -> list[Route]:
         principal = await api.principal(request)
         require_admin(principal)
         result, index = await api.commit(request, principal, "user.delete", {"name": request.path_params["name"]})
+        return json_response(result, index=index)
+
+    @guarded
+    async def users_update(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        body = await read_json(request, USER_UPDATE)
+        result, index = await api.commit(request, principal, "user.update", {"name": request.path_params["name"], **body})
         return json_response(result, index=index)
 
     @guarded
@@ -224,6 +240,7 @@ def routes(api: Api) -> list[Route]:
         Route("/api/v1/users", users_create, methods=["POST"]),
         Route("/api/v1/users/{name}", users_show, methods=["GET"]),
         Route("/api/v1/users/{name}", users_delete, methods=["DELETE"]),
+        Route("/api/v1/users/{name}", users_update, methods=["PATCH"]),
         Route("/api/v1/users/{name}/password", users_password, methods=["POST"]),
         Route("/api/v1/tokens", tokens_list, methods=["GET"]),
         Route("/api/v1/tokens", tokens_create, methods=["POST"]),

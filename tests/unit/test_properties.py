@@ -113,6 +113,26 @@ ARGS: dict[str, Any] = {
     "vm.disk.remove": st.fixed_dictionaries({"id": VM_IDS, "disk_id": st.sampled_from(["d1", "d2"])}),
     "vm.iso.attach": st.fixed_dictionaries({"id": VM_IDS, "image": st.sampled_from(["i1", "i2"])}),
     "vm.iso.detach": st.fixed_dictionaries({"id": VM_IDS}),
+    "vm.resize": st.fixed_dictionaries(
+        {"id": VM_IDS},
+        optional={"flavor": st.sampled_from(["s", "m"]), "vcpus": st.integers(0, 9), "ram_mb": st.integers(0, 20000), "disk_gb": st.integers(0, 60)},
+    ),
+    "pool.create": st.fixed_dictionaries(
+        {"name": st.sampled_from(["p1", "p2"])},
+        optional={
+            "limits": st.fixed_dictionaries({}, optional={"vcpus": st.one_of(st.none(), st.integers(0, 4)), "ram_mb": st.integers(0, 4096), "disk_gb": st.integers(0, 40), "vms": st.integers(0, 3)}),
+            "networks": st.lists(st.sampled_from(["net1", "net2"]), max_size=2),
+        },
+    ),
+    "pool.update": st.fixed_dictionaries(
+        {"name": st.sampled_from(["p1", "p2"])},
+        optional={"limits": st.fixed_dictionaries({}, optional={"vcpus": st.one_of(st.none(), st.integers(0, 4)), "vms": st.integers(0, 3)}), "description": st.just("d")},
+    ),
+    "pool.delete": st.fixed_dictionaries({"name": st.sampled_from(["p1", "p2"])}),
+    "user.update": st.fixed_dictionaries(
+        {"name": NAMES},
+        optional={"pool": st.sampled_from(["p1", "p2", None]), "disabled": st.booleans(), "role": st.sampled_from(["admin", "user"])},
+    ),
     "vm.report": st.fixed_dictionaries(
         {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
         optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3)},
