@@ -66,6 +66,12 @@ def cli(ctx: click.Context, endpoints: tuple[str, ...], config_path: str | None,
       cloudctl cluster status
       cloudctl node list -o json
       cloudctl node maintenance node2 --on
+      cloudctl vm create web1 --flavor small --wait
+      cloudctl pool create team-a --vcpus 16 --ram 32768 --vms 10
+
+    Endpoints are tried in order; a node that does not answer is skipped and a
+    write is retried on the next one with the same request id (never applied twice).
+    Shell completion: cloudctl completion bash|zsh|fish.
     """
     from pathlib import Path
 
@@ -123,10 +129,28 @@ def whoami(ctx: Ctx) -> None:
     run(lambda: emit(ctx.client().request("GET", "/api/v1/auth/whoami"), ctx.output))
 
 
-from cli import commands_cluster, commands_compute, commands_images, commands_users  # noqa: E402
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script.
+
+    \b
+    Examples:
+      cloudctl completion bash > /etc/bash_completion.d/cloudctl
+      eval "$(cloudctl completion zsh)"
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "cloudctl", "_CLOUDCTL_COMPLETE").source())
+
+
+from cli import commands_cluster, commands_compute, commands_images, commands_pools, commands_users  # noqa: E402
 
 commands_cluster.register(cli)
 commands_users.register(cli)
+commands_pools.register(cli)
 commands_compute.register(cli)
 commands_images.register(cli)
 

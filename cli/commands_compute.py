@@ -2,50 +2,37 @@
 
 from __future__ import annotations
 
-import time
 from typing import IO, Any, Callable
 
 import click
 
 from cli.client import ApiError, Client, q
 from cli.output import emit
+from cli.tasks import wait_for_task
 
 FLAVOR_COLUMNS = ["name", "vcpus", "ram_mb", "disk_gb"]
 VM_COLUMNS = ["id", "name", "state", "node", "vcpus", "ram_mb", "disk_gb", "owner"]
-SETTLED = {"running", "stopped", "error"}
 
 
-def wait_for_vm(client: Client, vm_id: str, want: set[str] | None, timeout: float, gone_ok: bool = False) -> dict[str, Any] | None:
-    """Poll a VM until its state is in ``want`` (or it is gone, with ``gone_ok``)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            vm = client.request("GET", f"/api/v1/vms/{q(vm_id)}")
-        except ApiError as exc:
-            if gone_ok and exc.status == 404:
-                click.echo("deleted", err=True)
-                return None
-            raise
-        if vm["state"] != last:
-            last = vm["state"]
-            reason = f" ({vm['state_reason']})" if vm.get("state_reason") else ""
-            click.echo(f"{vm['name']}: {vm['state']}{reason}", err=True)
-        if want is not None and vm["state"] in want:
-            if vm["state"] == "error" and "error" not in want:
-                raise ApiError(0, "vm_error", f"VM {vm['name']} failed: {vm.get('error')}")
-            return vm
-        if vm["state"] == "error" and (want is None or "error" not in want):
-            raise ApiError(409, "vm_error", f"VM {vm['name']} failed: {vm.get('error')}")
-        if time.monotonic() > deadline:
-            raise ApiError(0, "timeout", f"gave up waiting after {timeout:g}s: VM {vm['name']} is {vm['state']}")
-        time.sleep(0.5)
+def finish(client: Client, result: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
+    """With ``--wait``: follow the answer's task to its end, then show the VM as it is
+    now (or the task, when the VM is gone)."""
+    task = result.get("task")
+    if not wait or task is None:
+        return result
+    task = wait_for_task(client, task, timeout)
+    try:
+        return client.request("GET", f"/api/v1/vms/{q(result['id'])}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return task
+        raise
 
 
 def register(cli: click.Group) -> None:
     from cli.cloudctl import Ctx, pass_ctx, run
 
-    wait_option = click.option("--wait", is_flag=True, help="Wait until the VM reaches the resulting state, showing progress.")
+    wait_option = click.option("--wait", is_flag=True, help="Follow the operation's task to its end with a progress bar; exit 1 if it fails.")
     timeout_option = click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait waits.")
 
     @cli.group()
@@ -79,7 +66,7 @@ def register(cli: click.Group) -> None:
     @cli.group()
     def vm() -> None:
         """Virtual machines: create, list, show, start, stop, shutdown, reset, reboot, delete,
-        attach-iso, detach-iso, disk-add, disk-remove.
+        resize, attach-iso, detach-iso, disk-add, disk-remove, history.
 
         \b
         Examples:
@@ -145,13 +132,11 @@ def register(cli: click.Group) -> None:
         def go() -> None:
             client = ctx.client()
             created = client.request("POST", "/api/v1/vms", body)
-            if wait:
-                created = wait_for_vm(client, created["id"], {"stopped"} if stopped else {"running"}, timeout) or created
-            emit(created, ctx.output)
+            emit(finish(client, created, wait, timeout), ctx.output)
 
         run(go)
 
-    def action_command(action: str, want: set[str] | None, doc: str) -> None:
+    def action_command(action: str, doc: str) -> None:
         @vm.command(action, help=doc)
         @click.argument("vm_ref", metavar="VM")
         @wait_option
@@ -161,25 +146,30 @@ def register(cli: click.Group) -> None:
             def go() -> None:
                 client = ctx.client()
                 result = client.request("POST", f"/api/v1/vms/{q(vm_ref)}/{action}")
-                if wait and want is not None:
-                    result = wait_for_vm(client, result["id"], want, timeout) or result
-                emit(result, ctx.output)
+                emit(finish(client, result, wait, timeout), ctx.output)
 
             run(go)
 
-    action_command("start", {"running"}, "Start a VM.")
-    action_command("shutdown", {"stopped"}, "Shut a VM down cleanly (ACPI), forced after a timeout.")
-    action_command("stop", {"stopped"}, "Force a VM off at once.")
-    action_command("reset", None, "Hard-reset a running VM.")
-    action_command("reboot", None, "Ask a running VM's guest to reboot.")
+    action_command("start", "Start a VM.  Example: cloudctl vm start web1 --wait")
+    action_command("shutdown", "Shut a VM down cleanly (ACPI), forced after a timeout.  Example: cloudctl vm shutdown web1 --wait")
+    action_command("stop", "Force a VM off at once (like pulling the plug).")
+    action_command("reset", "Hard-reset a running VM (the reset button).")
+    action_command("reboot", "Ask a running VM's guest to reboot (ACPI).")
 
     def device_command(name: str, method: str, path: str, doc: str, body: Callable[..., dict[str, Any] | None], *params: Callable[[Any], Any]) -> None:
         @vm.command(name, help=doc)
         @click.argument("vm_ref", metavar="VM")
+        @wait_option
+        @timeout_option
         @pass_ctx
-        def command(ctx: Ctx, vm_ref: str, **kwargs: Any) -> None:
+        def command(ctx: Ctx, vm_ref: str, wait: bool, timeout: float, **kwargs: Any) -> None:
             url = f"/api/v1/vms/{q(vm_ref)}/" + path.format(**{k: q(str(v)) for k, v in kwargs.items()})
-            run(lambda: emit(ctx.client().request(method, url, body(**kwargs)), ctx.output))
+
+            def go() -> None:
+                client = ctx.client()
+                emit(finish(client, client.request(method, url, body(**kwargs)), wait, timeout), ctx.output)
+
+            run(go)
 
         for param in reversed(params):
             command = param(command)
@@ -197,6 +187,31 @@ def register(cli: click.Group) -> None:
         "disk-remove", "DELETE", "disks/{disk_id}", "Unplug an extra disk and delete it with its data (see 'vm show' for ids).",
         lambda disk_id: None, click.argument("disk_id"),
     )
+
+    @vm.command("resize")
+    @click.argument("vm_ref", metavar="VM")
+    @click.option("--flavor", default=None, help="Take the flavor's sizes.")
+    @click.option("--vcpus", type=int, default=None)
+    @click.option("--ram", "ram_mb", type=int, default=None, help="MiB")
+    @click.option("--disk", "disk_gb", type=float, default=None, help="GB (the OS disk only grows)")
+    @wait_option
+    @timeout_option
+    @pass_ctx
+    def vm_resize(ctx: Ctx, vm_ref: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, wait: bool, timeout: float) -> None:
+        """Resize a stopped VM (within your pool); the new size applies at its next start.
+
+        \b
+        Examples:
+          cloudctl vm resize web1 --flavor medium
+          cloudctl vm resize web1 --ram 4096 --disk 40
+        """
+        body = {k: v for k, v in (("flavor", flavor), ("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb)) if v is not None}
+
+        def go() -> None:
+            client = ctx.client()
+            emit(finish(client, client.request("POST", f"/api/v1/vms/{q(vm_ref)}/resize", body), wait, timeout), ctx.output)
+
+        run(go)
 
     @vm.command("history")
     @click.argument("vm_ref", metavar="VM")
@@ -227,8 +242,6 @@ def register(cli: click.Group) -> None:
         def go() -> None:
             client = ctx.client()
             result = client.request("DELETE", f"/api/v1/vms/{q(vm_ref)}")
-            if wait and result.get("state") != "deleted":
-                wait_for_vm(client, result["id"], None, timeout, gone_ok=True)
-            emit(result, ctx.output)
+            emit(finish(client, result, wait, timeout), ctx.output)
 
         run(go)

@@ -7,7 +7,7 @@ import click
 from cli.client import q
 from cli.output import emit
 
-USER_COLUMNS = ["name", "role", "created_at", "disabled"]
+USER_COLUMNS = ["name", "role", "pool", "disabled", "created_at"]
 TOKEN_COLUMNS = ["id", "user", "name", "kind", "created_at", "expires_at"]
 EVENT_COLUMNS = ["ts", "op", "target", "actor", "outcome", "message"]
 
@@ -33,6 +33,53 @@ def register(cli: click.Group) -> None:
     def user_create(ctx: Ctx, name: str, role: str, password: str) -> None:
         """Create a user."""
         run(lambda: emit(ctx.client().request("POST", "/api/v1/users", {"name": name, "role": role, "password": password}), ctx.output))
+
+    @user.command("show")
+    @click.argument("name")
+    @pass_ctx
+    def user_show(ctx: Ctx, name: str) -> None:
+        """One user (admins: anyone; users: themselves)."""
+        run(lambda: emit(ctx.client().request("GET", f"/api/v1/users/{q(name)}"), ctx.output))
+
+    @user.command("update")
+    @click.argument("name")
+    @click.option("--pool", default=None, help="Put the user in this pool.")
+    @click.option("--no-pool", is_flag=True, help="Take the user out of their pool (no limits).")
+    @click.option("--disable/--enable", "disabled", default=None, help="Disable (ends their sessions; tokens stop working) or enable.")
+    @click.option("--role", type=click.Choice(["user", "admin"]), default=None)
+    @pass_ctx
+    def user_update(ctx: Ctx, name: str, pool: str | None, no_pool: bool, disabled: bool | None, role: str | None) -> None:
+        """Change a user's pool, role or disabled flag (admin).
+
+        \b
+        Examples:
+          cloudctl user update alice --pool team-a
+          cloudctl user update bob --disable
+        """
+        if pool and no_pool:
+            raise click.UsageError("give --pool or --no-pool, not both")
+        body: dict[str, object] = {}
+        if pool or no_pool:
+            body["pool"] = None if no_pool else pool
+        if disabled is not None:
+            body["disabled"] = disabled
+        if role is not None:
+            body["role"] = role
+        if not body:
+            raise click.UsageError("nothing to change: give --pool, --no-pool, --disable, --enable or --role")
+        run(lambda: emit(ctx.client().request("PATCH", f"/api/v1/users/{q(name)}", body), ctx.output))
+
+    @user.command("password")
+    @click.argument("name")
+    @click.option("--password", prompt="New password", hide_input=True, confirmation_prompt=True, envvar="CLOUDCTL_NEW_PASSWORD")
+    @click.option("--current-password", default=None, envvar="CLOUDCTL_PASSWORD", help="Needed to change your own password.")
+    @pass_ctx
+    def user_password(ctx: Ctx, name: str, password: str, current_password: str | None) -> None:
+        """Set a user's password (admins: anyone's; users: their own, with the current one)."""
+        body: dict[str, object] = {"password": password}
+        if current_password is not None:
+            body["current_password"] = current_password
+        run(lambda: emit(ctx.client().request("POST", f"/api/v1/users/{q(name)}/password", body), ctx.output))
 
     @user.command("delete")
     @click.argument("name")

@@ -137,13 +137,65 @@ def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None
     assert result.exit_code == 1 and "not found (404)" in result.output
 
 
-def test_vm_create_wait_shows_progress_until_running(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+def test_vm_create_wait_follows_the_task_to_its_end(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
     login(ctl, shared_cluster)
     ctl("flavor", "create", "cli-wait", "--vcpus", "1", "--ram", "128", "--disk", "1")
     result = ctl("-o", "json", "vm", "create", "waiter", "--flavor", "cli-wait", "--wait", "--timeout", "60")
     assert result.exit_code == 0, result.output
-    assert "waiter: running" in result.output
+    assert "vm.create waiter: succeeded (running)" in result.output
     result = ctl("vm", "shutdown", "waiter", "--wait", "--timeout", "60")
-    assert result.exit_code == 0 and "waiter: stopped" in result.output
+    assert result.exit_code == 0 and "vm.shutdown waiter: succeeded (stopped)" in result.output
+    result = ctl("vm", "resize", "waiter", "--ram", "256", "--disk", "2", "--wait")
+    assert result.exit_code == 0, result.output
+    assert "256" in ctl("vm", "show", "waiter").output
+    result = ctl("vm", "resize", "waiter", "--disk", "1")
+    assert result.exit_code == 1 and "can only grow" in result.output
+    tasks = json.loads(ctl("-o", "json", "task", "list").output)
+    assert [t["op"] for t in tasks][:3] == ["vm.resize", "vm.shutdown", "vm.create"]
+    assert all(t["state"] == "succeeded" for t in tasks[:3])
+    assert ctl("task", "show", tasks[0]["id"]).exit_code == 0
     result = ctl("vm", "delete", "waiter", "--yes", "--wait", "--timeout", "60")
-    assert result.exit_code == 0 and "deleted" in result.output
+    assert result.exit_code == 0 and "vm.delete waiter: succeeded (deleted)" in result.output
+
+
+def test_pools_limit_what_a_user_creates(ctl, shared_cluster: LocalCluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    login(ctl, shared_cluster)
+    ctl("flavor", "create", "cli-pool", "--vcpus", "2", "--ram", "128", "--disk", "1")
+    assert ctl("user", "create", "dora", "--password", "dora-pass-1").exit_code == 0
+    result = ctl("pool", "create", "team-d", "--vcpus", "3", "--vms", "5", "--network", "lan-d")
+    assert result.exit_code == 0, result.output
+    assert ctl("user", "update", "dora", "--pool", "team-d").exit_code == 0
+    result = ctl("user", "update", "dora", "--pool", "no-such-pool")
+    assert result.exit_code == 1 and "pool no-such-pool not found (404)" in result.output
+    result = ctl("user", "update", "dora")
+    assert result.exit_code != 0 and "nothing to change" in result.output
+
+    dora = CliRunner()
+    config = tmp_path / "dora.json"
+
+    def as_dora(*args: str) -> Result:
+        return dora.invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+
+    assert as_dora("--endpoint", shared_cluster.nodes["node2"].url, "login", "--username", "dora", "--password", "dora-pass-1").exit_code == 0
+    assert as_dora("vm", "create", "d1", "--flavor", "cli-pool", "--stopped").exit_code == 0
+    result = as_dora("vm", "create", "d2", "--flavor", "cli-pool", "--stopped")
+    assert result.exit_code == 1 and "pool team-d allows vcpus=3" in result.output and "(403)" in result.output
+    pool = json.loads(as_dora("-o", "json", "pool", "show", "team-d").output)
+    assert pool["usage"]["vcpus"] == 2 and pool["usage"]["vms"] == 1 and "members" not in pool
+    assert ctl("pool", "update", "team-d", "--unlimited", "vcpus").exit_code == 0
+    assert as_dora("vm", "create", "d2", "--flavor", "cli-pool", "--stopped").exit_code == 0
+    result = ctl("pool", "delete", "team-d")
+    assert result.exit_code == 1 and "dora" in result.output
+    admin_view = json.loads(ctl("-o", "json", "pool", "show", "team-d").output)
+    assert admin_view["members"] == ["dora"] and admin_view["networks"] == ["lan-d"]
+    result = as_dora("pool", "create", "mine")
+    assert result.exit_code == 1 and "(403)" in result.output
+    assert ctl("user", "update", "dora", "--disable").exit_code == 0
+    result = as_dora("vm", "list")
+    assert result.exit_code == 1 and "(401)" in result.output
+
+
+def test_shell_completion_scripts() -> None:
+    for shell in ("bash", "zsh", "fish"):
+        result = CliRunner().invoke(cli, ["completion", shell])
+        assert result.exit_code == 0 and "_CLOUDCTL_COMPLETE" in result.output
