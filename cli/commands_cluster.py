@@ -18,7 +18,13 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def cluster() -> None:
-        """The cluster: members, leader, Raft term and indexes, join tokens."""
+        """The cluster: members, leader, Raft term and indexes, join tokens.
+
+        \b
+        Examples:
+          cloudctl cluster status
+          cloudctl cluster join-token --ttl 600
+        """
 
     @cluster.command("status")
     @pass_ctx
@@ -61,7 +67,14 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def node() -> None:
-        """Nodes: list, show, maintenance, remove."""
+        """Nodes: list, show, maintenance, remove.
+
+        \b
+        Examples:
+          cloudctl node list --status up
+          cloudctl node maintenance node2 --on
+          cloudctl node remove node4
+        """
 
     @node.command("list")
     @click.option("--status", type=click.Choice(["up", "suspect", "down", "maintenance"]))

@@ -37,7 +37,13 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def flavor() -> None:
-        """Flavors: named VM sizes."""
+        """Flavors: named VM sizes.
+
+        \b
+        Examples:
+          cloudctl flavor create small --vcpus 1 --ram 512 --disk 5
+          cloudctl flavor list
+        """
 
     @flavor.command("list")
     @pass_ctx

@@ -51,7 +51,14 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def image() -> None:
-        """Images: OS disk templates and ISOs."""
+        """Images: OS disk templates and ISOs.
+
+        \b
+        Examples:
+          cloudctl image upload debian-12 ./debian-12.qcow2 --format qcow2 --public
+          cloudctl image upload installer ./netinst.iso --format iso
+          cloudctl image set-default debian-12
+        """
 
     @image.command("list")
     @pass_ctx

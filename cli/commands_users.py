@@ -17,7 +17,14 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def user() -> None:
-        """Users (admin only, except for your own password)."""
+        """Users (admin only, except for your own password).
+
+        \b
+        Examples:
+          cloudctl user create alice --role user
+          cloudctl user update alice --pool team-a
+          cloudctl user password alice
+        """
 
     @user.command("list")
     @pass_ctx
@@ -90,7 +97,13 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def token() -> None:
-        """Your API tokens."""
+        """Your API tokens.
+
+        \b
+        Examples:
+          cloudctl token create ci-bot --ttl 86400
+          cloudctl token revoke 3f2a9c0d1e4b5a67
+        """
 
     @token.command("list")
     @click.option("--all", "everyone", is_flag=True, help="Every user's tokens (admin).")
@@ -120,7 +133,13 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def event() -> None:
-        """The audit log: who did what, when, and how it ended."""
+        """The audit log: who did what, when, and how it ended.
+
+        \b
+        Examples:
+          cloudctl event list --op vm.delete
+          cloudctl event list --target alice
+        """
 
     @event.command("list")
     @click.option("--op", default=None, help="Only this command, e.g. vm.create.")

@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -101,6 +102,10 @@ def test_maintenance_users_and_tokens(ctl, shared_cluster: LocalCluster) -> None
 def test_help_has_examples() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0 and "Examples:" in result.output and "cloudctl cluster status" in result.output
+    for name, group in cli.commands.items():
+        if isinstance(group, click.Group):
+            result = CliRunner().invoke(cli, [name, "--help"])
+            assert result.exit_code == 0 and "Examples:" in result.output and f"cloudctl {name} " in result.output, name
 
 
 def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
