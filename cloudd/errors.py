@@ -37,6 +37,7 @@ class CloudError(Exception):
         self.code = code
         self.message = message
         self.details = details
+        self.index: int | None = None  # the log index, when a committed command refused
 
     @property
     def status(self) -> int:

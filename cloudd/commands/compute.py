@@ -158,7 +158,7 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "created_at": ctx.ts,
         "tasks": [],
     }
-    state.vms[args["id"]] = vm
+    state.add_vm(vm)
     task = open_task(state, ctx, "vm.create", vm, power=vm["desired"]["power"])
     return {"id": vm["id"], "name": vm["name"], "state": vm["state"], "task": dict(task)}
 
@@ -266,7 +266,7 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     vm = get_vm(state, args["id"])
     if vm["state"] == "pending":
         task = open_task(state, ctx, "vm.delete", vm)
-        del state.vms[vm["id"]]
+        state.remove_vm(vm["id"])
         vm_gone(state, vm, ctx.ts)
         return {"id": vm["id"], "state": "deleted", "task": dict(task)}
     move(vm, "deleting", ctx.ts, "delete requested")
@@ -324,7 +324,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     now = vm["state"]
     if now == "deleting":
         if power == "absent":
-            del state.vms[vm["id"]]
+            state.remove_vm(vm["id"])
             vm_gone(state, vm, ctx.ts)
             return {"id": args["id"], "state": "deleted"}
         return {"id": vm["id"], "state": now}

@@ -10,8 +10,9 @@ report) are kept in separate sub-dicts of each object.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 
@@ -41,6 +42,36 @@ class State:
         self.event_seq = 0
         self.applied_index = 0
         self.applied_chain = ""
+        # derived, not replicated: (owner, name, id) of every VM in order, for listing
+        # one owner's VMs a page at a time without sorting them all on every request
+        self.vm_keys: list[tuple[str, str, str]] = []
+
+    def add_vm(self, vm: dict[str, Any]) -> None:
+        """Store a new VM (a VM's owner and name never change)."""
+        self.vms[vm["id"]] = vm
+        bisect.insort(self.vm_keys, (vm["owner"], vm["name"], vm["id"]))
+
+    def remove_vm(self, vm_id: str) -> dict[str, Any]:
+        vm = self.vms.pop(vm_id)
+        key = (vm["owner"], vm["name"], vm["id"])
+        at = bisect.bisect_left(self.vm_keys, key)
+        if at < len(self.vm_keys) and self.vm_keys[at] == key:
+            del self.vm_keys[at]
+        return vm
+
+    def vm_ids_of(self, owner: str | None) -> Iterator[str]:
+        """VM ids ordered by (owner, name, id): one owner's, or everyone's for None."""
+        if owner is None:
+            return (key[2] for key in self.vm_keys)
+        lo = bisect.bisect_left(self.vm_keys, (owner,))
+        hi = bisect.bisect_left(self.vm_keys, (owner + "\x00",))
+        return (self.vm_keys[i][2] for i in range(lo, hi))
+
+    def count_vms_of(self, owner: str) -> int:
+        return bisect.bisect_left(self.vm_keys, (owner + "\x00",)) - bisect.bisect_left(self.vm_keys, (owner,))
+
+    def reindex(self) -> None:
+        self.vm_keys = sorted((vm["owner"], vm["name"], vm["id"]) for vm in self.vms.values())
 
     @property
     def initialized(self) -> bool:
@@ -98,6 +129,7 @@ class State:
         state.event_seq = data.get("event_seq", 0)
         state.applied_index = data.get("applied_index", 0)
         state.applied_chain = data.get("applied_chain", "")
+        state.reindex()
         return state
 
     def digest(self, domain_only: bool = False) -> str:

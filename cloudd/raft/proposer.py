@@ -41,6 +41,9 @@ FAIL_NAMES = {
 }
 
 
+UNHEARD_INDEX_S = 1.0
+
+
 def new_request_id() -> str:
     return secrets.token_urlsafe(12)
 
@@ -127,17 +130,35 @@ class Proposer:
         """Like ``submit`` but raises the command's error; returns (result, index)."""
         outcome = await self.submit(op, args, **kwargs)
         if "error" in outcome:
-            raise CloudError.from_dict(outcome["error"])
+            error = CloudError.from_dict(outcome["error"])
+            error.index = outcome.get("index")  # refused by the command, but in the log
+            raise error
         return outcome["result"], outcome["index"]
 
     async def wait_applied(self, index: int, timeout_s: float = 5.0) -> None:
-        """Wait until the local replica has applied ``index`` (read-your-writes)."""
+        """Wait until the local replica has applied ``index`` (read-your-writes).
+
+        Gives up after ``timeout_s``: with 400 when this node has not even heard that
+        ``index`` was committed (an index no write answered with: the caller's mistake),
+        with 504 when it knows it was committed but has not applied it yet."""
         if self.node.raftLastApplied >= index:
             return
-        give_up = time.monotonic() + timeout_s
+        start = time.monotonic()
+        give_up = start + timeout_s
         delay = 0.001
         while self.node.raftLastApplied < index:
-            if time.monotonic() > give_up:
+            now = time.monotonic()
+            # a leader knows every committed index; a follower hears of one within a few
+            # append rounds, so an index still unheard of after a second was never answered
+            unheard = index > self.node.raftCommitIndex and (self.node.is_leader or now - start > UNHEARD_INDEX_S)
+            if now > give_up or unheard:
+                commit = self.node.raftCommitIndex
+                if index > commit:
+                    raise CloudError(
+                        "invalid",
+                        f"index {index} has not been committed (this node knows of {commit}): use the X-Cloudd-Index a write answered with",
+                        {"field": "min_index", "commit_index": commit},
+                    )
                 raise CloudError(
                     "timeout",
                     f"this node has not yet applied index {index} (at {self.node.raftLastApplied})",

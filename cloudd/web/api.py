@@ -23,6 +23,9 @@ class Api:
         self.password_checks = asyncio.Semaphore(2)
 
     async def principal(self, request: Request) -> Principal:
+        """Who calls. With ``min_index``, wait for it first: a token created through another
+        node must be known here before it is checked."""
+        await self.fresh(request)
         return await authenticate(request, self.runtime)
 
     async def fresh(self, request: Request) -> None:
@@ -38,15 +41,24 @@ class Api:
         return await self.runtime.proposer.submit_ok(op, args, request_id=request_id(request), actor=actor)
 
 
-def page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
-    """``limit``/``offset`` pagination of an already filtered list."""
+MAX_OFFSET = 1 << 40
+
+
+def page_bounds(request: Request) -> tuple[int, int]:
+    """``limit`` (1..1000, default 100) and ``offset`` (default 0) of a list request."""
     try:
         limit = int(request.query_params.get("limit", "100"))
         offset = int(request.query_params.get("offset", "0"))
     except ValueError:
         raise CloudError("invalid", "limit and offset must be integers") from None
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise CloudError("invalid", "limit must be 1..1000 and offset >= 0")
+    if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
+        raise CloudError("invalid", f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
+    return limit, offset
+
+
+def page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+    """``limit``/``offset`` pagination of an already filtered list."""
+    limit, offset = page_bounds(request)
     return {"items": items[offset : offset + limit], "total": len(items), "limit": limit, "offset": offset}
 
 

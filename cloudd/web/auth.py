@@ -112,13 +112,15 @@ async def authenticate(request: Request, runtime: NodeRuntime) -> Principal:
             raise CloudError("unauthenticated", f"node {node} is not a member of this cluster")
         if not REPLAY_GUARD.first_use(parsed[2], time.time()):
             raise CloudError("unauthenticated", "this signed request was already used")
-        return Principal("node", node, "node")
+        request.state.principal = Principal("node", node, "node")
+        return request.state.principal
     token = _bearer(request)
     if not token:
         raise CloudError("unauthenticated", "authentication required: log in or send a bearer token")
     principal = user_from_token(runtime, token, time.time())
     if principal is None:
         raise CloudError("unauthenticated", "the token is invalid, expired or revoked")
+    request.state.principal = principal  # for the audit of refused writes
     return principal
 
 

@@ -28,7 +28,8 @@ def json_response(data: Any, status: int = 200, index: int | None = None, header
 
 
 def error_response(exc: CloudError, headers: Mapping[str, str] | None = None) -> Response:
-    return json_response({"error": exc.to_dict()}, status=exc.status, headers=headers)
+    """The one error shape; a command refused inside the log also says its index."""
+    return json_response({"error": exc.to_dict()}, status=exc.status, headers=headers, index=exc.index)
 
 
 def is_number(raw: str) -> bool:

@@ -29,7 +29,7 @@ ACCESS = {
 
 @dataclass(frozen=True)
 class Param:
-    """A query parameter."""
+    """A query, path or header parameter."""
 
     description: str
     schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
@@ -37,17 +37,30 @@ class Param:
 
 @dataclass(frozen=True)
 class Doc:
+    """One operation's documentation.
+
+    ``body`` is the very spec the handler passes to ``read_json`` (``{}``: no fields, an
+    empty or absent body); ``path_params`` narrows a path parameter's schema (default: a
+    1-128 character string); ``headers`` are response headers; ``also`` lists answers
+    besides the success and the error shape (``{503: "Health"}``); ``fresh=False`` says a
+    GET does not honour ``min_index``.
+    """
+
     summary: str
     access: str
     tag: str
     body: Mapping[str, Field] | None = None
     raw_body: str | None = None  # a non-JSON body's media type (image files)
     query: Mapping[str, Param] = field(default_factory=dict)
+    path_params: Mapping[str, Param] = field(default_factory=dict)
     response: Mapping[str, Any] | str | None = None  # a schema, or a component's name
     status: int = 200
     media_type: str = "application/json"
     description: str = ""
     paged: bool = False  # a list answer: {"items": [...], "total", "limit", "offset"}
+    headers: Mapping[str, Param] = field(default_factory=dict)
+    also: Mapping[int, Mapping[str, Any] | str] = field(default_factory=dict)
+    fresh: bool = True
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS:
@@ -59,16 +72,22 @@ class ApiRoute(Route):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], method: str, doc: Doc) -> None:
         super().__init__(path, endpoint, methods=[method])
+        unknown = set(doc.path_params) - set(re.findall(r"{(\w+)}", path))
+        if unknown:
+            raise ValueError(f"{method} {path} documents path parameters it does not have: {sorted(unknown)}")
         self.method = method
         self.doc = doc
 
 
 PAGING = {
     "limit": Param("page size, 1..1000 (default 100)", {"type": "integer", "minimum": 1, "maximum": 1000}),
-    "offset": Param("items to skip (default 0)", {"type": "integer", "minimum": 0}),
+    "offset": Param("items to skip (default 0)", {"type": "integer", "minimum": 0, "maximum": 1 << 40}),
     "min_index": Param("wait until this node has applied this Raft index (read-your-writes)", {"type": "integer", "minimum": 0}),
 }
 FRESH = {"min_index": PAGING["min_index"]}
+PATH_PARAM: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 128}
+# every 202 comes from ``cloudd.web.api.accepted``: the body carries the task, this points at it
+TASK_LOCATION = {"Location": Param("the task of the operation: /api/v1/tasks/{id}")}
 
 
 def field_schema(f: Field) -> dict[str, Any]:
@@ -132,20 +151,14 @@ def _operation(route: ApiRoute) -> dict[str, Any]:
         "x-cloudd-access": doc.access,
         "description": (doc.description + "\n\n" if doc.description else "") + f"Who: {ACCESS[doc.access]}.",
     }
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
-        for name in re.findall(r"{(\w+)}", route.path)
-    ]
+    params = [_path_param(name, doc.path_params.get(name)) for name in re.findall(r"{(\w+)}", route.path)]
     query = {**doc.query, **(PAGING if doc.paged else {})}
-    if route.method == "GET" and "min_index" not in query:
+    if route.method == "GET" and doc.fresh and "min_index" not in query:
         query["min_index"] = PAGING["min_index"]
     params += [{"name": name, "in": "query", "required": False, "description": p.description, "schema": dict(p.schema)} for name, p in query.items()]
     if params:
         op["parameters"] = params
-    if doc.access != "public":
-        op["security"] = [{"bearer": []}, {"session": []}]
-    else:
-        op["security"] = []
+    op["security"] = _security(route.method, doc.access)
     if doc.body is not None:
         op["requestBody"] = {"required": any(f.required for f in doc.body.values()), "content": {"application/json": {"schema": object_schema(doc.body)}}}
     elif doc.raw_body is not None:
@@ -167,11 +180,33 @@ def _operation(route: ApiRoute) -> dict[str, Any]:
         }}}
     else:
         content = {"application/json": {"schema": _ref(doc.response)}}
+    success: dict[str, Any] = {"description": "success", "content": content}
+    headers = {**(TASK_LOCATION if doc.status == 202 else {}), **doc.headers}
+    if headers:
+        success["headers"] = {name: {"description": p.description, "schema": dict(p.schema)} for name, p in headers.items()}
     op["responses"] = {
-        str(doc.status): {"description": "success", "content": content},
+        str(doc.status): success,
+        **{str(status): {"description": "another answer (see the description)", "content": {"application/json": {"schema": _ref(schema)}}} for status, schema in doc.also.items()},
         "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
     }
     return op
+
+
+def _security(method: str, access: str) -> list[dict[str, list[str]]]:
+    """Who authenticates how: the login cookie only for reads (see ``cloudd.web.auth``);
+    the join endpoint checks its token's proof itself."""
+    if access in ("public", "join"):
+        return []
+    # nodes sign their own calls (X-Cloudd-Node); that is cluster-internal, not offered here
+    schemes = ["bearer", "session"] if method == "GET" else ["bearer"]
+    return [{name: []} for name in schemes]
+
+
+def _path_param(name: str, param: Param | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": dict(param.schema) if param else dict(PATH_PARAM)}
+    if param is not None:
+        out["description"] = param.description
+    return out
 
 
 def api_routes(routes: list[BaseRoute]) -> list[ApiRoute]:
@@ -189,7 +224,8 @@ def openapi_document(routes: list[BaseRoute], schemas: Mapping[str, Any], versio
             "version": version,
             "description": "Every node serves this API. Writes are committed through Raft; "
             "send X-Request-Id to make a write idempotent, and X-Cloudd-Min-Index (or "
-            "?min_index=) to read your own writes on another node. Errors have one shape: "
+            "?min_index=) to read your own writes on another node. Long operations answer 202 "
+            "with their task in the body and Location: /api/v1/tasks/{id}. Errors have one shape: "
             '{"error": {"code", "message", "details"}}.',
         },
         "paths": paths,

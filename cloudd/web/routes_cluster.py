@@ -11,7 +11,6 @@ import httpx
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from cloudd.commands.common import ADDRESS, NODE_NAME, OBJECT_ID
 from cloudd.errors import CloudError
@@ -21,6 +20,7 @@ from cloudd.validate import Field
 from cloudd.web.api import Api
 from cloudd.web.auth import require_admin
 from cloudd.web.http import guarded, json_response, read_json, request_id
+from cloudd.web.openapi import ApiRoute, Doc
 
 JOIN_TOKEN_PREFIX = "cdj"
 JOIN_SPEC = {
@@ -31,6 +31,7 @@ JOIN_SPEC = {
     "want": Field("str", choices=("auto", "voter", "replica"), required=False),
     "proof": Field("str", max_len=64),
 }
+JOIN_TOKEN_CREATE = {"ttl_seconds": Field("num", min=60, max=7 * 86400, required=False)}
 
 
 def join_payload(body: dict[str, Any]) -> bytes:
@@ -38,7 +39,7 @@ def join_payload(body: dict[str, Any]) -> bytes:
     return orjson.dumps({k: v for k, v in body.items() if k != "proof"}, option=orjson.OPT_SORT_KEYS)
 
 
-def routes(api: Api) -> list[Route]:
+def routes(api: Api) -> list[ApiRoute]:
     runtime = api.runtime
     raft = runtime.raft
 
@@ -81,7 +82,7 @@ def routes(api: Api) -> list[Route]:
     async def join_token_create(request: Request) -> Response:
         principal = await api.principal(request)
         require_admin(principal)
-        body = await read_json(request, {"ttl_seconds": Field("num", min=60, max=7 * 86400, required=False)})
+        body = await read_json(request, JOIN_TOKEN_CREATE)
         rid = request_id(request)
         token = derived_token(runtime.secret, JOIN_TOKEN_PREFIX, principal.name, rid) if rid else new_token(JOIN_TOKEN_PREFIX)
         key = token.secret.encode().hex()
@@ -210,9 +211,21 @@ def routes(api: Api) -> list[Route]:
         return json_response(await asyncio.to_thread(read))
 
     return [
-        Route("/api/v1/cluster", cluster_status, methods=["GET"]),
-        Route("/api/v1/cluster/digest", cluster_digest, methods=["GET"]),
-        Route("/api/v1/cluster/join-tokens", join_token_create, methods=["POST"]),
-        Route("/api/v1/cluster/join", join, methods=["POST"]),
-        Route("/api/v1/cluster/nodes/{name}", node_remove, methods=["DELETE"]),
+        ApiRoute("/api/v1/cluster", cluster_status, "GET", Doc("Cluster identity, leader, term, commit index, quorum and members", "admin", "cluster", response="Cluster")),
+        ApiRoute("/api/v1/cluster/digest", cluster_digest, "GET", Doc(
+            "This replica's applied index, history hash chain and state hash, read together", "admin", "cluster", response="Digest",
+            description="Replicas that applied the same commands have the same chain and digest.",
+        )),
+        ApiRoute("/api/v1/cluster/join-tokens", join_token_create, "POST", Doc(
+            "Create a one-time join token cdj.<id>.<key> (ttl_seconds default 3600)", "admin", "cluster", body=JOIN_TOKEN_CREATE, response="JoinToken", status=201,
+        )),
+        ApiRoute("/api/v1/cluster/join", join, "POST", Doc(
+            "Admit a new node that proves it holds a join token (used by `cloudd join`)", "join", "cluster", body=JOIN_SPEC, response="Joined", status=201,
+            description="`proof` is an HMAC, with the token's key, of the body without `proof` (JSON, sorted keys). "
+            "`want`: auto makes a voter while the cluster has fewer than its max_voters; a node without raft_addr is a replica.",
+        )),
+        ApiRoute("/api/v1/cluster/nodes/{name}", node_remove, "DELETE", Doc(
+            "Remove a node: its Raft membership first (leadership handed over if needed), then its record", "admin", "cluster", response="Named",
+            description="Refused (409) when the remaining voters would have no reachable majority, or for the last voter.",
+        )),
     ]

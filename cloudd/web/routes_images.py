@@ -14,7 +14,6 @@ from typing import Any, AsyncIterator
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from cloudd.errors import CloudError
 from cloudd.ops.compute import ComputeError
@@ -23,8 +22,24 @@ from cloudd.validate import Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import Principal, require_admin
 from cloudd.web.http import guarded, is_number, json_response, read_json
+from cloudd.web.openapi import FRESH, PATH_PARAM, ApiRoute, Doc, Param
+from cloudd.web.schemas import NSTR, STR, obj
 
 log = logging.getLogger(__name__)
+
+IMAGE_CREATE = {
+    "name": Field("str", max_len=128),
+    "format": Field("str"),
+    "upload": Field("bool", required=False),
+    "path": Field("str", required=False),
+    "size_gb": Field("num", required=False),
+    "public": Field("bool", required=False),
+    "min_disk_gb": Field("num", required=False),
+    "min_ram_mb": Field("int", required=False),
+    "os": Field("str", required=False),
+}
+IMAGE_REF = {"ref": Param("the image's id, or its name (yours first, else the one image you can see with it)", PATH_PARAM)}
+DEFAULT_IMAGE = obj(["default_image"], default_image=NSTR)
 
 
 def image_visible(image: dict[str, Any], principal: Principal) -> bool:
@@ -45,7 +60,7 @@ def may_change(image: dict[str, Any], principal: Principal) -> bool:
     return principal.is_admin or image["owner"] == principal.name
 
 
-def routes(api: Api) -> list[Route]:
+def routes(api: Api) -> list[ApiRoute]:
     runtime = api.runtime
 
     def find_image(principal: Principal, ref: str) -> dict[str, Any]:
@@ -71,20 +86,7 @@ def routes(api: Api) -> list[Route]:
     @guarded
     async def images_create(request: Request) -> Response:
         principal = await api.principal(request)
-        body = await read_json(
-            request,
-            {
-                "name": Field("str", max_len=128),
-                "format": Field("str"),
-                "upload": Field("bool", required=False),
-                "path": Field("str", required=False),
-                "size_gb": Field("num", required=False),
-                "public": Field("bool", required=False),
-                "min_disk_gb": Field("num", required=False),
-                "min_ram_mb": Field("int", required=False),
-                "os": Field("str", required=False),
-            },
-        )
+        body = await read_json(request, IMAGE_CREATE)
         upload = body.pop("upload", False)
         if upload == ("path" in body):
             raise CloudError("invalid", 'give either "path" (a file on every hypervisor, admins) or "upload": true')
@@ -234,16 +236,39 @@ def routes(api: Api) -> list[Route]:
         raise CloudError("unavailable", "no node holding the image answered: " + "; ".join(problems))
 
     return [
-        Route("/api/v1/images", images_list, methods=["GET"]),
-        Route("/api/v1/images", images_create, methods=["POST"]),
-        Route("/api/v1/images/{ref}", images_show, methods=["GET"]),
-        Route("/api/v1/images/{ref}", images_delete, methods=["DELETE"]),
-        Route("/api/v1/images/{ref}/default", images_default_set, methods=["POST"]),
-        Route("/api/v1/images/{ref}/default", images_default_unset, methods=["DELETE"]),
-        Route("/api/v1/images/{ref}/file", images_upload, methods=["PUT"]),
-        Route("/api/v1/images/{ref}/file", images_download, methods=["GET"]),
+        ApiRoute("/api/v1/images", images_list, "GET", Doc("Public images and your own", "user", "images", response="Image", paged=True)),
+        ApiRoute("/api/v1/images", images_create, "POST", Doc(
+            "Create an image to upload (`upload: true`), or register a file on every hypervisor (`path`, admins)", "user", "images",
+            body=IMAGE_CREATE, response="Image", status=201,
+            description="Give exactly one of `upload: true` and `path`. An uploaded image (qcow2, raw or iso; only admins make public ones) "
+            "starts `uploading`: PUT its file next. A registered one (admins; also format kernel) needs `size_gb` and is ready at once.",
+        )),
+        ApiRoute("/api/v1/images/{ref}", images_show, "GET", Doc(
+            "One image you can see (another user's private image is a 404)", "user", "images", response="Image", path_params=IMAGE_REF,
+        )),
+        ApiRoute("/api/v1/images/{ref}", images_delete, "DELETE", Doc(
+            "Delete an image; refused (409) while a VM's disk or CD-ROM uses it", "owner", "images", response=obj(["id"], id=STR), path_params=IMAGE_REF,
+            description="Someone else's public image is a 403, not a 404: it is visible.",
+        )),
+        ApiRoute("/api/v1/images/{ref}/default", images_default_set, "POST", Doc(
+            "Make a public, ready OS image the one VMs get when they name none", "admin", "images", response=DEFAULT_IMAGE, path_params=IMAGE_REF,
+        )),
+        ApiRoute("/api/v1/images/{ref}/default", images_default_unset, "DELETE", Doc(
+            "Stop the image being the default (409 when it is not)", "admin", "images", response=DEFAULT_IMAGE, path_params=IMAGE_REF,
+        )),
+        ApiRoute("/api/v1/images/{ref}/file", images_upload, "PUT", Doc(
+            "Upload the file of an `uploading` image: the node checks it and the image is ready", "owner", "images",
+            raw_body="application/octet-stream", response="Image", query=FRESH, path_params=IMAGE_REF,
+            description="Refused files are a 400 and leave the image in `error`; send `min_index` (the creation's index) when uploading "
+            "to another node than the one that created the image. Someone else's public image is a 403.",
+        )),
+        ApiRoute("/api/v1/images/{ref}/file", images_download, "GET", Doc(
+            "Download an uploaded image's file (relayed from a node holding a copy if this one has none)", "owner", "images",
+            response={"type": "string", "format": "binary"}, media_type="application/octet-stream", path_params=IMAGE_REF,
+            headers={"X-Cloudd-Sha256": Param("the file's SHA-256, hex")},
+            description="Nodes fetch copies with node-signed requests. Someone else's public image is a 403.",
+        )),
     ]
-
 
 async def _relay(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     if first:

@@ -6,14 +6,18 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from cloudd.commands.cluster import ROLES
 from cloudd.commands.nodes import STATUSES
 from cloudd.errors import CloudError
 from cloudd.validate import Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import require_admin
 from cloudd.web.http import guarded, json_response, read_json
+from cloudd.web.openapi import ApiRoute, Doc, Param
+from cloudd.web.schemas import BOOL, STR, obj
+
+NODE_MAINTENANCE = {"enabled": Field("bool")}
 
 
 def node_view(node: dict[str, Any], leader_addr: str | None) -> dict[str, Any]:
@@ -22,7 +26,7 @@ def node_view(node: dict[str, Any], leader_addr: str | None) -> dict[str, Any]:
     return view
 
 
-def routes(api: Api) -> list[Route]:
+def routes(api: Api) -> list[ApiRoute]:
     runtime = api.runtime
 
     @guarded
@@ -59,14 +63,23 @@ def routes(api: Api) -> list[Route]:
     async def nodes_maintenance(request: Request) -> Response:
         principal = await api.principal(request)
         require_admin(principal)
-        body = await read_json(request, {"enabled": Field("bool")})
+        body = await read_json(request, NODE_MAINTENANCE)
         result, index = await api.commit(
             request, principal, "node.maintenance_set", {"name": request.path_params["name"], "enabled": body["enabled"]}
         )
         return json_response(result, index=index)
 
     return [
-        Route("/api/v1/nodes", nodes_list, methods=["GET"]),
-        Route("/api/v1/nodes/{name}", nodes_show, methods=["GET"]),
-        Route("/api/v1/nodes/{name}/maintenance", nodes_maintenance, methods=["POST"]),
+        ApiRoute("/api/v1/nodes", nodes_list, "GET", Doc(
+            "Nodes with their roles, inventory, status and lease", "admin", "nodes", response="Node", paged=True,
+            query={
+                "status": Param("only nodes with this status", {"type": "string", "enum": list(STATUSES)}),
+                "role": Param(f"only nodes with this role ({' or '.join(ROLES)})"),
+            },
+        )),
+        ApiRoute("/api/v1/nodes/{name}", nodes_show, "GET", Doc("One node: roles, inventory, status, lease, usage", "admin", "nodes", response="Node")),
+        ApiRoute("/api/v1/nodes/{name}/maintenance", nodes_maintenance, "POST", Doc(
+            "Put a node into maintenance or take it out", "admin", "nodes", body=NODE_MAINTENANCE,
+            response=obj(["name", "maintenance"], name=STR, maintenance=BOOL),
+        )),
     ]

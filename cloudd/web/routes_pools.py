@@ -134,9 +134,9 @@ def routes(api: Api) -> list[ApiRoute]:
             "Create a pool; a limit left out or null is unlimited", "admin", "pools", body=POOL_CREATE, response="Pool", status=201,
             description=f"Limits: {', '.join(LIMIT_KEYS)}. `networks` locks members to those networks (empty: any).",
         )),
-        ApiRoute("/api/v1/pools/{name}", pools_show, "GET", Doc("One pool with its usage (members: admins only)", "user", "pools", response="Pool")),
+        ApiRoute("/api/v1/pools/{name}", pools_show, "GET", Doc("One pool with its usage (members: admins only); a user sees only their own", "owner", "pools", response="Pool")),
         ApiRoute("/api/v1/pools/{name}", pools_update, "PATCH", Doc("Change limits (only those given; null lifts one), networks, description", "admin", "pools", body=POOL_UPDATE, response="Pool")),
-        ApiRoute("/api/v1/pools/{name}", pools_delete, "DELETE", Doc("Delete a pool without members", "admin", "pools", response="Ok")),
+        ApiRoute("/api/v1/pools/{name}", pools_delete, "DELETE", Doc("Delete a pool without members", "admin", "pools", response="Named")),
         ApiRoute("/api/v1/tasks", tasks_list, "GET", Doc(
             "Tasks of long operations, newest first (a user: tasks of their VMs)", "user", "tasks", response="Task", paged=True,
             query={"state": Param("running, succeeded, failed or superseded", {"type": "string", "enum": list(TASK_STATES)}), "vm": Param("a VM id")},

@@ -8,9 +8,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from cloudd.commands.common import USER_NAME
+from cloudd.commands.pools import POOL_NAME_RE
 from cloudd.commands.users import USER_ROLES
 from cloudd.errors import CloudError
 from cloudd.security import derived_token, hash_password, new_token, sha256_hex, verify_password
@@ -18,15 +18,21 @@ from cloudd.validate import Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import SESSION_COOKIE, TOKEN_PREFIX, Principal, require_admin
 from cloudd.web.http import guarded, json_response, read_json, request_id
+from cloudd.web.openapi import ApiRoute, Doc, Param
+from cloudd.web.schemas import BOOL, INT, STR, obj
 
 PASSWORD = Field("str", max_len=1024, check=lambda v: None if len(v) >= 8 else "must be at least 8 characters")
+LOGIN = {"username": Field("str", max_len=64), "password": Field("str", max_len=1024)}
+USER_CREATE = {"name": USER_NAME, "role": Field("str", choices=USER_ROLES, required=False), "password": PASSWORD}
+USER_PASSWORD = {"password": PASSWORD, "current_password": Field("str", max_len=1024, required=False)}
 USER_UPDATE = {
-    "pool": Field("str", max_len=64, nullable=True, required=False),
+    "pool": Field("str", pattern=POOL_NAME_RE, nullable=True, required=False),
     "disabled": Field("bool", required=False),
     "role": Field("str", choices=USER_ROLES, required=False),
 }
 SESSION_TTL_S = 12 * 3600.0
 MAX_TOKEN_TTL_S = 10 * 365 * 86400.0
+TOKEN_CREATE = {"name": Field("str", max_len=64), "ttl_seconds": Field("num", min=60, max=MAX_TOKEN_TTL_S, required=False)}
 # a hash to verify against when the user does not exist, so timing tells nothing
 _DUMMY_HASH = hash_password("cloudd-dummy-password")
 
@@ -83,12 +89,12 @@ async def password_login(api: Api, request: Request, username: str, password: st
     return (await password_login_indexed(api, request, username, password))[0]
 
 
-def routes(api: Api) -> list[Route]:
+def routes(api: Api) -> list[ApiRoute]:
     runtime = api.runtime
 
     @guarded
     async def login(request: Request) -> Response:
-        body = await read_json(request, {"username": Field("str", max_len=64), "password": Field("str", max_len=1024)})
+        body = await read_json(request, LOGIN)
         data, index = await password_login_indexed(api, request, body["username"], body["password"])
         response = json_response(data, index=index)
         response.set_cookie(SESSION_COOKIE, data["token"], max_age=int(SESSION_TTL_S), httponly=True, samesite="strict")
@@ -125,7 +131,7 @@ def routes(api: Api) -> list[Route]:
     async def users_create(request: Request) -> Response:
         principal = await api.principal(request)
         require_admin(principal)
-        body = await read_json(request, {"name": USER_NAME, "role": Field("str", choices=USER_ROLES, required=False), "password": PASSWORD})
+        body = await read_json(request, USER_CREATE)
         password_hash = await asyncio.to_thread(hash_password, body["password"])
         args = {"name": body["name"], "role": body.get("role", "user"), "password_hash": password_hash}
         result, index = await api.commit(request, principal, "user.create", args)
@@ -166,7 +172,7 @@ def routes(api: Api) -> list[Route]:
         name = request.path_params["name"]
         if not principal.is_admin and principal.name != name:
             raise CloudError("not_found", f"user {name} not found")
-        body = await read_json(request, {"password": PASSWORD, "current_password": Field("str", max_len=1024, required=False)})
+        body = await read_json(request, USER_PASSWORD)
         if principal.kind == "user" and principal.name == name:
             # a stolen session must not be enough to take the account over
             if "current_password" not in body:
@@ -200,10 +206,7 @@ def routes(api: Api) -> list[Route]:
         principal = await api.principal(request)
         if principal.kind != "user":
             raise CloudError("forbidden", "only users hold API tokens")
-        body = await read_json(
-            request,
-            {"name": Field("str", max_len=64), "ttl_seconds": Field("num", min=60, max=MAX_TOKEN_TTL_S, required=False)},
-        )
+        body = await read_json(request, TOKEN_CREATE)
         data, index = await issue_token(api, request, principal, principal.name, body["name"], "api", body.get("ttl_seconds"))
         return json_response(data, status=201, index=index)
 
@@ -233,17 +236,36 @@ def routes(api: Api) -> list[Route]:
         return json_response(page(events, request))
 
     return [
-        Route("/api/v1/auth/login", login, methods=["POST"]),
-        Route("/api/v1/auth/logout", logout, methods=["POST"]),
-        Route("/api/v1/auth/whoami", whoami, methods=["GET"]),
-        Route("/api/v1/users", users_list, methods=["GET"]),
-        Route("/api/v1/users", users_create, methods=["POST"]),
-        Route("/api/v1/users/{name}", users_show, methods=["GET"]),
-        Route("/api/v1/users/{name}", users_delete, methods=["DELETE"]),
-        Route("/api/v1/users/{name}", users_update, methods=["PATCH"]),
-        Route("/api/v1/users/{name}/password", users_password, methods=["POST"]),
-        Route("/api/v1/tokens", tokens_list, methods=["GET"]),
-        Route("/api/v1/tokens", tokens_create, methods=["POST"]),
-        Route("/api/v1/tokens/{token_id}", tokens_revoke, methods=["DELETE"]),
-        Route("/api/v1/events", events_list, methods=["GET"]),
+        ApiRoute("/api/v1/auth/login", login, "POST", Doc(
+            "Log in with a password: a session token (12 h), also set as the cloudd_session cookie", "public", "auth", body=LOGIN, response="Session",
+            description="10 failures per 5 minutes per user or per address: 429 until the window passes.",
+        )),
+        ApiRoute("/api/v1/auth/logout", logout, "POST", Doc("Revoke the token this request uses", "user", "auth", response=obj(["logged_out"], logged_out=BOOL))),
+        ApiRoute("/api/v1/auth/whoami", whoami, "GET", Doc("Who the credentials belong to", "user", "auth", response="Whoami", fresh=False)),
+        ApiRoute("/api/v1/users", users_list, "GET", Doc("Users (never password hashes)", "admin", "users", response="User", paged=True)),
+        ApiRoute("/api/v1/users", users_create, "POST", Doc("Create a user (role user by default)", "admin", "users", body=USER_CREATE, response="User", status=201)),
+        ApiRoute("/api/v1/users/{name}", users_show, "GET", Doc("One user (a user: only themselves)", "owner", "users", response="User")),
+        ApiRoute("/api/v1/users/{name}", users_delete, "DELETE", Doc(
+            "Delete a user and revoke their tokens", "admin", "users", response="Named",
+            description="Refused (409) for the last admin and for a user who still owns VMs.",
+        )),
+        ApiRoute("/api/v1/users/{name}", users_update, "PATCH", Doc(
+            "Put a user in a pool (null: none), disable or enable them, change their role", "admin", "users", body=USER_UPDATE, response="User",
+            description="Disabling ends the user's login sessions; the last enabled admin cannot be disabled or demoted (409).",
+        )),
+        ApiRoute("/api/v1/users/{name}/password", users_password, "POST", Doc(
+            "Set a user's password; their other login sessions end", "owner", "users", body=USER_PASSWORD,
+            response=obj(["name", "sessions_ended"], name=STR, sessions_ended=INT),
+            description="Changing your own password needs `current_password` (403 when wrong). API tokens stay valid.",
+        )),
+        ApiRoute("/api/v1/tokens", tokens_list, "GET", Doc(
+            "Your tokens (login sessions and API tokens)", "user", "tokens", response="Token", paged=True,
+            query={"all": Param("`true`: everyone's tokens (admins; ignored for users)")},
+        )),
+        ApiRoute("/api/v1/tokens", tokens_create, "POST", Doc("Create an API token; its secret is shown once", "user", "tokens", body=TOKEN_CREATE, response="NewToken", status=201)),
+        ApiRoute("/api/v1/tokens/{token_id}", tokens_revoke, "DELETE", Doc("Revoke a token", "owner", "tokens", response=obj(["token_id"], token_id=STR))),
+        ApiRoute("/api/v1/events", events_list, "GET", Doc(
+            "Audit events, newest first (a user: the ones they caused)", "user", "events", response="Event", paged=True,
+            query={"op": Param("only this command, e.g. vm.create"), "target": Param("only events about this object, e.g. a VM's id: its history")},
+        )),
     ]

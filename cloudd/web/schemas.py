@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudd.commands.cluster import MEMBERSHIPS, ROLES
+from cloudd.commands.nodes import STATUSES
 from cloudd.commands.pools import LIMIT_KEYS
+from cloudd.commands.users import USER_ROLES
 from cloudd.model.tasks import FINAL
-from cloudd.model.vm import STATES
+from cloudd.model.vm import POWER_STATES, STATES
 
 STR: dict[str, Any] = {"type": "string"}
 NSTR: dict[str, Any] = {"type": "string", "nullable": True}
@@ -25,11 +28,22 @@ STRS: dict[str, Any] = {"type": "array", "items": STR}
 
 
 def obj(required: list[str], **props: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": props}
+    """An object schema (``required`` left out when empty: OpenAPI 3.0 wants one name at least)."""
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    return out
 
 
 def ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+def enum(*values: Any, nullable: bool = False) -> dict[str, Any]:
+    """A string from ``values`` (and null: OpenAPI 3.0 wants it listed in the enum too)."""
+    if nullable:
+        return {"type": "string", "nullable": True, "enum": [*values, None]}
+    return {"type": "string", "enum": list(values)}
 
 
 TASK = obj(
@@ -40,7 +54,7 @@ TASK = obj(
     vm_name=STR,
     owner=STR,
     requested_by=OBJ,
-    state={"type": "string", "enum": ["running", *FINAL]},
+    state=enum("running", *FINAL),
     progress={"type": "integer", "minimum": 0, "maximum": 100},
     message=STR,
     detail=OBJ,
@@ -50,65 +64,114 @@ TASK = obj(
 )
 LIMITS = {"type": "object", "properties": {k: NNUM for k in LIMIT_KEYS}}
 USAGE = {"type": "object", "properties": {k: NUM for k in LIMIT_KEYS}}
+VM_DESIRED = obj(["power"], power=enum("running", "stopped"), action=enum("reset", "reboot", nullable=True), action_seq=INT, stop_mode=enum("clean", "force"))
+VM_OBSERVED = obj(
+    [],
+    power=enum(*POWER_STATES, nullable=True),
+    ts=NNUM,
+    error=NSTR,
+    vnc_port=NINT,
+    disks={**STRS, "description": "the disk targets the running domain has now"},
+    device_error=NSTR,
+)
+VM_DISK = obj(["id", "size_gb", "target"], id=STR, size_gb=NUM, target=STR, created_at=NUM)
 
 SCHEMAS: dict[str, Any] = {
     "Error": obj(["error"], error=obj(["code", "message"], code=STR, message=STR, details={"nullable": True})),
     "Ok": OBJ,
-    "Health": obj(["status", "node"], status={"type": "string", "enum": ["ok", "degraded"]}, node=STR, role=STR, caught_up=BOOL),
+    "Named": obj(["name"], name=STR),
+    "Health": obj(["status", "node"], status=enum("ok", "degraded"), node=STR, role=enum("leader", "follower", "replica"), caught_up=BOOL),
     "Cluster": obj(
         ["cluster", "this_node", "term", "commit_index", "has_quorum", "members"],
-        cluster=OBJ,
+        cluster=obj([], id=STR, name=STR, max_voters=INT, created_at=NUM, default_image=NSTR),
         this_node=STR,
-        leader={"type": "object", "nullable": True},
+        leader={**obj(["name"], name=STR, raft_addr=NSTR, api_addr=STR), "nullable": True},
         term=INT,
         commit_index=INT,
         last_applied=INT,
         has_quorum=BOOL,
-        members={"type": "array", "items": obj(["name", "status"], name=STR, membership=STR, raft_addr=NSTR, api_addr=STR, status=STR, leader=BOOL, connected=BOOL)},
+        raft={**OBJ, "description": "this node's Raft view: self, role, leader, voters, connected, log_size"},
+        members={"type": "array", "items": obj(["name", "status"], name=STR, membership=enum(*MEMBERSHIPS), raft_addr=NSTR, api_addr=STR, status=STR, leader=BOOL, connected=BOOL)},
     ),
-    "Digest": obj(["applied_index"], applied_index=INT),
-    "JoinToken": obj(["token"], token=STR, expires_at=NUM),
+    "Digest": obj(["node", "applied_index", "chain", "digest"], node=STR, applied_index=INT, chain=STR, digest=STR),
+    "JoinToken": obj(["token", "expires_at"], token=STR, expires_at=NUM),
+    "Joined": obj(
+        ["cluster_id", "cluster_name", "membership", "voters", "api_addrs", "sealed_secret"],
+        cluster_id=STR,
+        cluster_name=STR,
+        membership=enum(*MEMBERSHIPS),
+        voters=STRS,
+        api_addrs=STRS,
+        sealed_secret={**STR, "description": "the cluster secret, encrypted with the join token's key"},
+    ),
     "Node": obj(
         ["name", "status", "roles"],
         name=STR,
-        status=STR,
-        roles=STRS,
-        membership=STR,
+        status=enum(*STATUSES),
+        status_since=NUM,
+        status_reason=NSTR,
+        roles={"type": "array", "items": enum(*ROLES)},
+        membership=enum(*MEMBERSHIPS),
         raft_addr=NSTR,
         api_addr=STR,
         maintenance=BOOL,
-        inventory={"type": "object", "nullable": True},
+        inventory=OBJ,
+        usage=OBJ,
+        version=NSTR,
         lease_seq=INT,
+        last_heartbeat=NNUM,
+        admitted_at=NUM,
+        registered_at=NNUM,
         leader=BOOL,
     ),
-    "User": obj(["name", "role"], name=STR, role={"type": "string", "enum": ["admin", "user"]}, disabled=BOOL, pool=NSTR, created_at=NUM),
-    "Whoami": obj(["kind", "name", "role"], kind=STR, name=STR, role=STR, pool=NSTR),
-    "Session": obj(["token", "token_id", "user"], token=STR, token_id=STR, user=STR, role=STR, expires_at=NNUM, name=STR),
-    "Token": obj(["id", "user", "name", "kind"], id=STR, user=STR, name=STR, kind={"type": "string", "enum": ["api", "session"]}, created_at=NUM, expires_at=NNUM),
+    "User": obj(
+        ["name", "role"], name=STR, role=enum(*USER_ROLES), disabled=BOOL, pool=NSTR, created_at=NUM, updated_at=NUM, password_changed_at=NUM
+    ),
+    "Whoami": obj(["kind", "name", "role"], kind=enum("user", "node"), name=STR, role=enum(*USER_ROLES, "node"), pool=NSTR),
+    "Session": obj(["token", "token_id", "user"], token=STR, token_id=STR, user=STR, role=enum(*USER_ROLES), expires_at=NNUM, name=STR),
+    "Token": obj(["id", "user", "name", "kind"], id=STR, user=STR, name=STR, kind=enum("api", "session"), created_at=NUM, expires_at=NNUM),
     "NewToken": obj(["token", "token_id", "user"], token=STR, token_id=STR, user=STR, name=STR, expires_at=NNUM),
-    "Event": obj(["seq", "ts", "op", "outcome"], seq=INT, ts=NUM, op=STR, target={"nullable": True}, actor=OBJ, request_id=STR, index=INT, outcome=STR, message=NSTR),
-    "Flavor": obj(["name", "vcpus", "ram_mb", "disk_gb"], name=STR, vcpus=INT, ram_mb=INT, disk_gb=NUM),
+    "Event": obj(
+        ["seq", "ts", "op", "outcome"],
+        seq=INT,
+        ts=NUM,
+        op=STR,
+        target={"nullable": True, "description": "the object acted on (a name or an id), as the command names it"},
+        actor=OBJ,
+        request_id=STR,
+        index=INT,
+        outcome={**STR, "description": "ok, or the error code"},
+        message=NSTR,
+    ),
+    "Flavor": obj(["name", "vcpus", "ram_mb", "disk_gb"], name=STR, vcpus=INT, ram_mb=INT, disk_gb=NUM, created_at=NUM),
     "Image": obj(
         ["id", "name", "owner", "public", "format"],
         id=STR,
         name=STR,
         owner=STR,
         public=BOOL,
-        format={"type": "string", "enum": ["qcow2", "raw", "kernel", "iso"]},
-        state={"type": "string", "enum": ["uploading", "ready", "error"]},
+        format=enum("qcow2", "raw", "kernel", "iso"),
+        state=enum("uploading", "ready", "error"),
+        error=NSTR,
+        path={**STR, "description": "registered images: the file on every hypervisor"},
         size_gb=NUM,
+        size_bytes=NINT,
+        sha256=NSTR,
         min_disk_gb=NUM,
         min_ram_mb=INT,
         os=NSTR,
-        copies=STRS,
+        copies={**STRS, "description": "uploaded images: the nodes holding a verified copy"},
         default=BOOL,
+        created_at=NUM,
+        ready_at=NUM,
     ),
     "Vm": obj(
         ["id", "name", "owner", "state", "vcpus", "ram_mb", "disk_gb", "desired", "observed"],
         id=STR,
         name=STR,
         owner=STR,
-        state={"type": "string", "enum": list(STATES)},
+        state=enum(*STATES),
+        state_since=NUM,
         state_reason=NSTR,
         node=NSTR,
         flavor=NSTR,
@@ -118,24 +181,44 @@ SCHEMAS: dict[str, Any] = {
         swap_mb=INT,
         image=NSTR,
         iso=NSTR,
-        disks={"type": "array", "items": obj(["id", "size_gb", "target"], id=STR, size_gb=NUM, target=STR)},
+        disks={"type": "array", "items": VM_DISK},
         ha=BOOL,
-        desired=OBJ,
-        observed=OBJ,
+        ha_priority=INT,
+        ssh_keys=STRS,
+        desired=VM_DESIRED,
+        observed=VM_OBSERVED,
+        usage={"type": "object", "nullable": True},
         error=NSTR,
         has_user_data=BOOL,
-        tasks=STRS,
+        created_at=NUM,
+        tasks={**STRS, "description": "the ids of its open tasks"},
     ),
-    "Accepted": obj(["id", "task"], id=STR, state=STR, task=ref("Task")),
+    "VmCreated": {"allOf": [ref("Vm"), obj(["task"], task=ref("Task"))]},
+    "Accepted": obj(
+        ["id", "task"],
+        id={**STR, "description": "the VM's id"},
+        task=ref("Task"),
+        state={**STR, "description": "delete and power changes: the VM's state now (deleted: gone already)"},
+        action=enum("reset", "reboot"),
+        action_seq=INT,
+        disk=VM_DISK,
+        disk_id=STR,
+        iso=NSTR,
+        vcpus=INT,
+        ram_mb=INT,
+        disk_gb=NUM,
+    ),
     "Task": TASK,
     "Pool": obj(
-        ["name", "limits", "networks", "usage"],
+        ["name", "limits", "networks"],
         name=STR,
         description=STR,
         limits=LIMITS,
         networks=STRS,
-        usage=USAGE,
-        members=STRS,
-        over={"type": "array", "items": STR},
+        usage={**USAGE, "description": "what the members own now (not in the answers of POST and PATCH)"},
+        over={"type": "array", "items": enum(*LIMIT_KEYS), "description": "the limits usage exceeds (after a lowering)"},
+        members={**STRS, "description": "admins only"},
+        created_at=NUM,
+        updated_at=NUM,
     ),
 }

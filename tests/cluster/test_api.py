@@ -15,7 +15,7 @@ from tests.cluster.harness import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-PUBLIC = {("POST", "/api/v1/auth/login"), ("POST", "/api/v1/cluster/join")}
+PUBLIC = {("POST", "/api/v1/auth/login"), ("POST", "/api/v1/cluster/join"), ("GET", "/api/v1/openapi.json")}
 ADMIN_ONLY = [
     ("GET", "/api/v1/cluster"),
     ("GET", "/api/v1/nodes"),
@@ -190,3 +190,28 @@ def test_changing_your_own_password_needs_the_current_one(shared_cluster: LocalC
     ok = httpx.post(url + "/api/v1/users/dora/password", headers=headers, json={"password": "new-pass-12", "current_password": "dora-pass-1"})
     assert ok.status_code == 200
     assert httpx.post(url + "/api/v1/auth/login", json={"username": "dora", "password": "new-pass-12"}).status_code == 200
+
+
+def test_real_answers_match_the_schemas_of_the_served_document(shared_cluster: LocalCluster) -> None:
+    from openapi_schema_validator import OAS30Validator
+
+    url = shared_cluster.nodes["node2"].url
+    doc = httpx.get(url + "/api/v1/openapi.json").json()
+
+    def check(name: str, value: Any) -> None:
+        validator = OAS30Validator({"$ref": f"#/components/schemas/{name}", "components": doc["components"]})
+        assert [e.message for e in validator.iter_errors(value)] == [], (name, value)
+
+    check("Health", httpx.get(url + "/healthz").json())
+    check("Session", httpx.post(url + "/api/v1/auth/login", json={"username": "admin", "password": shared_cluster.password}).json())
+    with shared_cluster.api("node2") as client:
+        check("Cluster", client.get("/api/v1/cluster").json())
+        check("Digest", client.get("/api/v1/cluster/digest").json())
+        check("Whoami", client.get("/api/v1/auth/whoami").json())
+        check("JoinToken", client.post("/api/v1/cluster/join-tokens", json={}).json())
+        check("NewToken", client.post("/api/v1/tokens", json={"name": "schema-check"}).json())
+        for path, name in (("/api/v1/nodes", "Node"), ("/api/v1/users", "User"), ("/api/v1/tokens", "Token"), ("/api/v1/events", "Event")):
+            items = client.get(path).json()["items"]
+            assert items, path
+            for item in items:
+                check(name, item)

@@ -172,6 +172,11 @@ def test_two_replicas_applying_the_same_commands_agree(cmds: list[tuple[str, dic
         assert first.apply(raw) == second.apply(raw)
     assert first.state.digest() == second.state.digest()
     assert first.state.applied_chain == second.state.applied_chain
+    # the derived listing index follows every create and delete
+    assert first.state.vm_keys == sorted((v["owner"], v["name"], v["id"]) for v in first.state.vms.values())
+    for vm in first.state.vms.values():
+        assert vm["id"] in list(first.state.vm_ids_of(vm["owner"]))
+        assert all(first.state.vms[i]["owner"] == vm["owner"] for i in first.state.vm_ids_of(vm["owner"]))
 
 
 def _garbage_command() -> st.SearchStrategy[bytes]:
