@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -109,17 +110,53 @@ async def _bootstrap(config: NodeConfig, secret: str, admin: str, password_hash:
             actor=actor,
             deadline_s=20.0,
         )
-        token = secrets.token_hex(8)
-        key = secrets.token_urlsafe(32).encode().hex()
-        await proposer.submit_ok(
-            "cluster.join_token_create",
-            {"token_id": token, "key": key, "expires_at": time.time() + 3600},
-            actor=actor,
-        )
-        return {"join_token": f"cdj.{token}.{key}"}
+        return {"join_token": await _first_join_token(proposer, actor)}
     finally:
         raft.destroy()
         time.sleep(0.3)
+
+
+async def _first_join_token(proposer: Any, actor: dict[str, str]) -> str:
+    token = secrets.token_hex(8)
+    key = secrets.token_urlsafe(32).encode().hex()
+    await proposer.submit_ok("cluster.join_token_create", {"token_id": token, "key": key, "expires_at": time.time() + 3600}, actor=actor)
+    return f"cdj.{token}.{key}"
+
+
+async def _replay_backup(config: NodeConfig, secret: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """Fill a new single-voter log with the backup's state; returns the summary and a join token."""
+    from cloudd.backup import restore_commands
+    from cloudd.daemon import open_replica
+    from cloudd.raft.proposer import Proposer
+
+    raft = open_replica(config, secret)
+    try:
+        proposer = Proposer(raft)
+        actor = {"node": config.name}
+        node = {"name": config.name, "raft_addr": config.raft_addr or "", "api_addr": config.api_addr}
+        summary: dict[str, Any] = {}
+        for op, args in restore_commands(doc, node):
+            summary = (await proposer.submit_ok(op, args, actor=actor, deadline_s=60.0))[0]
+        summary["join_token"] = await _first_join_token(proposer, actor)
+        return summary
+    finally:
+        raft.destroy()
+        time.sleep(0.3)
+
+
+def _create_node(path: Path, config: NodeConfig, secret: str, fill: Any, what: str) -> Any:
+    """Run ``fill`` (a coroutine making the first log entries); keep the data dir only if
+    it worked, so a failed init or restore can simply be run again."""
+    write_secret(path, secret)
+    try:
+        out = asyncio.run(fill)
+    except (CloudError, OSError) as exc:
+        for leftover in ("cluster.secret", "raft.journal", "raft.snapshot", "raft.journal.meta"):
+            (path / leftover).unlink(missing_ok=True)
+        message = exc.message if isinstance(exc, CloudError) else str(exc)
+        _fail(f"could not {what}: {message} (nothing was kept; fix it and run again)")
+    config.save()  # only now is this data dir a node
+    return out
 
 
 @cli.command()
@@ -169,20 +206,68 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
-    write_secret(path, secret)
-    try:
-        out = asyncio.run(_bootstrap(config, secret, admin_name, hash_password(password), cluster_name, int(max_voters)))
-    except (CloudError, OSError) as exc:
-        for leftover in ("cluster.secret", "raft.journal", "raft.snapshot", "raft.journal.meta"):
-            (path / leftover).unlink(missing_ok=True)
-        message = exc.message if isinstance(exc, CloudError) else str(exc)
-        _fail(f"could not create the cluster: {message} (nothing was kept; fix it and run init again)")
-    config.save()  # only now is this data dir a node
+    out = _create_node(path, config, secret, _bootstrap(config, secret, admin_name, hash_password(password), cluster_name, int(max_voters)), "create the cluster")
     click.echo(f"cluster {config.cluster_id} created; node {name} is its first voter")
     if password_file:
         click.echo(f"admin user: {admin_name} (password written to {password_file})")
     else:
         click.echo(f"admin user: {admin_name}  password: {password}   (shown once: store it now)")
+    click.echo(f"join token (1 h, one node): {out['join_token']}")
+    click.echo(f"start the node:  cloudd serve --data-dir {config.data_dir}")
+
+
+@cli.command()
+@click.argument("backup_file", type=click.Path(exists=True, dir_okay=False))
+@data_dir_option
+@click.option("--name", required=True, help="This node's name (may be one of the backup's nodes).")
+@click.option("--api-addr", required=True, help="host:port of this node's HTTP API.")
+@click.option("--raft-addr", required=True, help="host:port of this node's Raft port.")
+@click.option("--roles", default="hypervisor,storage", show_default=True)
+@click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor ('embedded', test:///default).")
+@click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
+@click.option("--vnc-ports", default="5900-6899", show_default=True)
+def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str) -> None:
+    """Rebuild a cluster from a backup ('cloudctl cluster backup'), this node its only voter.
+
+    For when quorum is lost for good. Users, passwords, API tokens, pools, images and VMs
+    come back as they were at the backup; the cluster gets a new secret, so every other
+    node joins again ('cloudd join' with a token this prints or 'cloudd token' makes),
+    under its old name to keep its VMs. See docs/operations.md.
+    """
+    from cloudd.backup import check_backup
+    from cloudd.validate import ADDRESS_RE, HOSTNAME_RE
+
+    try:
+        doc = orjson.loads(Path(backup_file).read_bytes())
+        state = check_backup(doc)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        _fail(f"{backup_file}: {exc}")
+    if not HOSTNAME_RE.fullmatch(name):
+        _fail("--name must be a lowercase hostname label (a-z, 0-9, -)")
+    for label, addr in (("--api-addr", api_addr), ("--raft-addr", raft_addr)):
+        if not ADDRESS_RE.fullmatch(addr):
+            _fail(f"{label} must be host:port")
+    _check_bindable("--api-addr", api_addr)
+    _check_bindable("--raft-addr", raft_addr)
+    path = Path(data_dir)
+    _check_fresh(path)
+    secret = secrets.token_urlsafe(32)
+    config = NodeConfig(
+        name=name,
+        cluster_id=state["cluster"]["id"],
+        api_addr=api_addr,
+        raft_addr=raft_addr,
+        membership="voter",
+        peers=[raft_addr],
+        api_peers=[api_addr],
+        roles=[r for r in roles.split(",") if r],
+        timings=Timings(),
+        compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
+        data_dir=str(path.resolve()),
+    )
+    out = _create_node(path, config, secret, _replay_backup(config, secret, doc), "restore the backup")
+    click.echo(f"cluster {config.cluster_id} restored from the backup at index {doc['applied_index']}: {out['users']} users, {out['vms']} VMs, {out['nodes']} nodes")
+    click.echo(f"node {name} is its only voter; the other nodes must join again under their old names")
     click.echo(f"join token (1 h, one node): {out['join_token']}")
     click.echo(f"start the node:  cloudd serve --data-dir {config.data_dir}")
 

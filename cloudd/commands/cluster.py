@@ -55,8 +55,8 @@ def new_node(name: str, raft_addr: str | None, api_addr: str, membership: str, t
 )
 def cluster_init(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Create the cluster once: its identity, the first admin and the first (voting) node."""
-    if state.initialized:
-        raise CloudError("conflict", "the cluster is already initialized", {"cluster_id": state.cluster["id"]})
+    if state.cluster:  # initialized, or being restored
+        raise CloudError("conflict", "the cluster is already initialized", {"cluster_id": state.cluster.get("id")})
     state.cluster = {
         "id": args["cluster_id"],
         "name": args["name"],
@@ -124,7 +124,8 @@ def node_admit(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, An
         raise CloudError("forbidden", "join token is unknown or already used")
     if token["expires_at"] <= ctx.ts:
         raise CloudError("forbidden", "join token has expired")
-    if args["name"] in state.nodes:
+    old = state.nodes.get(args["name"])
+    if old is not None and not old.get("rejoin"):
         raise CloudError("conflict", f"node {args['name']} already exists")
     if args["membership"] == "voter":
         if args["raft_addr"] is None:
@@ -133,15 +134,18 @@ def node_admit(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, An
         if len(voters) >= state.cluster["max_voters"]:
             raise CloudError("conflict", f"the cluster already has {len(voters)} voters")
     for other in state.nodes.values():
+        if other["name"] == args["name"]:
+            continue
         if args["raft_addr"] is not None and other["raft_addr"] == args["raft_addr"]:
             raise CloudError("conflict", f"raft address {args['raft_addr']} is used by node {other['name']}")
         if other["api_addr"] == args["api_addr"]:
             raise CloudError("conflict", f"API address {args['api_addr']} is used by node {other['name']}")
     token["used_by"] = args["name"]
-    state.nodes[args["name"]] = new_node(
-        args["name"], args["raft_addr"], args["api_addr"], args["membership"], ctx.ts
-    )
-    return {"name": args["name"], "membership": args["membership"]}
+    node = new_node(args["name"], args["raft_addr"], args["api_addr"], args["membership"], ctx.ts)
+    if old is not None:  # a node of a restored cluster comes back: it keeps what it had
+        node.update({k: old[k] for k in ("roles", "inventory", "maintenance", "lease_seq", "usage") if k in old})
+    state.nodes[args["name"]] = node
+    return {"name": args["name"], "membership": args["membership"], "rejoined": old is not None}
 
 
 @command("node.remove", {"name": NODE_NAME})

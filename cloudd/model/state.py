@@ -75,7 +75,7 @@ class State:
 
     @property
     def initialized(self) -> bool:
-        return bool(self.cluster.get("id"))
+        return bool(self.cluster.get("id")) and not self.cluster.get("restoring")
 
     def add_event(self, event: dict[str, Any]) -> None:
         self.event_seq += 1

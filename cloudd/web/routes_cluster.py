@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloudd.commands.common import ADDRESS, NODE_NAME, OBJECT_ID
+from cloudd.backup import make_backup
 from cloudd.errors import CloudError
 from cloudd.raft.membership import add_voter, remove_voter, step_down
 from cloudd.security import derived_token, join_proof, new_token, seal_for_joiner, sign_node_request
@@ -210,7 +211,25 @@ def routes(api: Api) -> list[ApiRoute]:
 
         return json_response(await asyncio.to_thread(read))
 
+    @guarded
+    async def cluster_backup(request: Request) -> Response:
+        """A consistent backup of the state (at one applied index), as a download."""
+        require_admin(await api.principal(request))
+        await api.fresh(request)
+
+        def take() -> bytes:
+            with raft.lock:
+                doc = make_backup(raft.state, time.time())
+            return orjson.dumps(doc)
+
+        body = await asyncio.to_thread(take)
+        return Response(body, media_type="application/json", headers={"Content-Disposition": 'attachment; filename="cloudd-backup.json"', "Cache-Control": "no-store"})
+
     return [
+        ApiRoute("/api/v1/cluster/backup", cluster_backup, "GET", Doc(
+            "A consistent backup of the cluster state: resources and audit log at one applied index", "admin", "cluster", response="Backup",
+            description="Holds password and token hashes (keep it private), never the cluster secret. Restore with `cloudd restore`; see docs/operations.md.",
+        )),
         ApiRoute("/api/v1/cluster", cluster_status, "GET", Doc("Cluster identity, leader, term, commit index, quorum and members", "admin", "cluster", response="Cluster")),
         ApiRoute("/api/v1/cluster/digest", cluster_digest, "GET", Doc(
             "This replica's applied index, history hash chain and state hash, read together", "admin", "cluster", response="Digest",

@@ -209,6 +209,7 @@ SCHEMAS: dict[str, Any] = {
         disk_gb=NUM,
     ),
     "Task": TASK,
+    "Backup": obj(["format", "taken_at", "applied_index", "state"], format=STR, taken_at=NUM, applied_index=INT, state=OBJ),
     "Pool": obj(
         ["name", "limits", "networks"],
         name=STR,

@@ -151,6 +151,25 @@ class LocalCluster:
         self.wait_leader()
         return self
 
+    def restore(self, backup: Path, password: str, size: int = 3) -> "LocalCluster":
+        """A cluster rebuilt from ``backup`` by node1 (``cloudd restore``); the others join
+        again under their names."""
+        first = self.new_node("node1")
+        out = self.run_cloudd(
+            "restore", str(backup), "--data-dir", str(first.data_dir), "--name", "node1",
+            "--api-addr", first.api_addr, "--raft-addr", first.raft_addr, *self.compute,
+        )
+        assert out.returncode == 0, out.stderr
+        self.password = password
+        self._set_timings(first)
+        self.start("node1")
+        self.wait_healthy("node1")
+        self.login("node1")
+        for i in range(2, size + 1):
+            self.join(f"node{i}")
+        self.wait_leader()
+        return self
+
     def join(self, name: str, via: str = "node1", want: str = "auto") -> Node:
         node = self.new_node(name)
         token = self.api(via).post("/api/v1/cluster/join-tokens", json={}).json()["token"]

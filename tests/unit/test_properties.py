@@ -133,6 +133,17 @@ ARGS: dict[str, Any] = {
         {"name": NAMES},
         optional={"pool": st.sampled_from(["p1", "p2", None]), "disabled": st.booleans(), "role": st.sampled_from(["admin", "user"])},
     ),
+    "cluster.restore_begin": st.fixed_dictionaries(
+        {
+            "cluster": st.just({"id": "c1", "name": "x", "max_voters": 3, "created_at": 1.0}),
+            "node": st.just({"name": "n9", "raft_addr": "127.0.0.1:7009", "api_addr": "127.0.0.1:8009"}),
+            "backup": st.just({"applied_index": 5, "taken_at": 2.0}),
+        }
+    ),
+    "cluster.restore_put": st.fixed_dictionaries(
+        {"kind": st.sampled_from(["users", "vms", "events", "default_image"]), "items": st.one_of(st.just({}), st.just([]), st.just({"zed": {"name": "zed", "role": "user", "password_hash": PW_HASH}}), SCALARS)}
+    ),
+    "cluster.restore_finish": st.just({}),
     "vm.report": st.fixed_dictionaries(
         {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
         optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3)},
