@@ -43,6 +43,9 @@ class Env(Protocol):
     def vms(self) -> dict[str, dict[str, Any]]:
         """A consistent copy of the VM records (one level deep)."""
 
+    def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
+        """Like ``vms``, only the VMs assigned to ``node`` (without copying the others)."""
+
     def images(self) -> dict[str, dict[str, Any]]:
         """A copy of the image records."""
 
@@ -80,6 +83,10 @@ class RaftEnv:
     def vms(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return {vm_id: dict(vm) for vm_id, vm in self.raft.state.vms.items()}
+
+    def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
+        with self.raft.lock:
+            return {vm_id: dict(vm) for vm_id, vm in self.raft.state.vms.items() if vm["node"] == node}
 
     def images(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:

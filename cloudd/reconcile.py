@@ -182,7 +182,7 @@ class VmReconciler:
 
     async def step(self, env: Env) -> None:
         """One pass over this node's VMs."""
-        mine = {vm_id: vm for vm_id, vm in env.vms().items() if vm["node"] == env.node_name}
+        mine = env.vms_on(env.node_name)
         images = env.images() if mine else {}
         try:
             actual = await self._call(self.driver.domains)

@@ -37,6 +37,9 @@ class FakeEnv:
     def vms(self) -> dict[str, dict[str, Any]]:
         return {n: dict(v) for n, v in self.replica.state.vms.items()}
 
+    def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
+        return {n: dict(v) for n, v in self.replica.state.vms.items() if v["node"] == node}
+
     def images(self) -> dict[str, dict[str, Any]]:
         return {n: dict(v) for n, v in self.replica.state.images.items()}
 

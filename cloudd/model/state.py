@@ -61,14 +61,20 @@ class State:
 
     def vm_ids_of(self, owner: str | None) -> Iterator[str]:
         """VM ids ordered by (owner, name, id): one owner's, or everyone's for None."""
-        if owner is None:
-            return (key[2] for key in self.vm_keys)
-        lo = bisect.bisect_left(self.vm_keys, (owner,))
-        hi = bisect.bisect_left(self.vm_keys, (owner + "\x00",))
+        lo, hi = self._owner_span(owner)
         return (self.vm_keys[i][2] for i in range(lo, hi))
 
-    def count_vms_of(self, owner: str) -> int:
-        return bisect.bisect_left(self.vm_keys, (owner + "\x00",)) - bisect.bisect_left(self.vm_keys, (owner,))
+    def _owner_span(self, owner: str | None) -> tuple[int, int]:
+        if owner is None:
+            return 0, len(self.vm_keys)
+        return bisect.bisect_left(self.vm_keys, (owner,)), bisect.bisect_left(self.vm_keys, (owner + "\x00",))
+
+    def vm_page(self, owner: str | None, offset: int, limit: int) -> tuple[list[str], int]:
+        """One page of VM ids in (owner, name, id) order, and how many there are in all:
+        two binary searches and a slice, whatever the number of VMs."""
+        lo, hi = self._owner_span(owner)
+        start = min(hi, lo + offset)
+        return [key[2] for key in self.vm_keys[start : min(hi, start + limit)]], hi - lo
 
     def reindex(self) -> None:
         self.vm_keys = sorted((vm["owner"], vm["name"], vm["id"]) for vm in self.vms.values())

@@ -58,7 +58,10 @@ HIDDEN_VM_FIELDS = ("user_data", "vnc_password")  # the console proxy hands out 
 
 
 def vm_view(vm: dict[str, Any]) -> dict[str, Any]:
-    view = {k: v for k, v in vm.items() if k not in HIDDEN_VM_FIELDS}
+    """What the API shows of a VM (a shallow copy: C-speed, which pages of 100 need)."""
+    view = dict(vm)
+    for key in HIDDEN_VM_FIELDS:
+        view.pop(key, None)
     view["has_user_data"] = bool(vm.get("user_data"))
     return view
 
@@ -125,15 +128,17 @@ def routes(api: Api) -> list[ApiRoute]:
         with runtime.raft.lock:
             # ids in (owner, name, id) order from the state's index: only the page is copied
             state = runtime.raft.state
-            ids = state.vm_ids_of(None if everyone else (owner or principal.name))
-            if state_filter is not None or node is not None:
-                ids = (
-                    i for i in ids
+            whose = None if everyone else (owner or principal.name)
+            if state_filter is None and node is None:
+                chosen, total = state.vm_page(whose, offset, limit)
+            else:
+                matching = [
+                    i for i in state.vm_ids_of(whose)
                     if (state_filter is None or state.vms[i]["state"] == state_filter) and (node is None or state.vms[i]["node"] == node)
-                )
-            matching = list(ids)
-            items = [vm_view(state.vms[i]) for i in matching[offset : offset + limit]]
-        return json_response({"items": items, "total": len(matching), "limit": limit, "offset": offset})
+                ]
+                chosen, total = matching[offset : offset + limit], len(matching)
+            items = [vm_view(state.vms[i]) for i in chosen]
+        return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
     @guarded
     async def vms_create(request: Request) -> Response:

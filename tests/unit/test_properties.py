@@ -188,6 +188,9 @@ def test_two_replicas_applying_the_same_commands_agree(cmds: list[tuple[str, dic
     for vm in first.state.vms.values():
         assert vm["id"] in list(first.state.vm_ids_of(vm["owner"]))
         assert all(first.state.vms[i]["owner"] == vm["owner"] for i in first.state.vm_ids_of(vm["owner"]))
+        ids, total = first.state.vm_page(vm["owner"], 0, 1000)
+        assert ids == list(first.state.vm_ids_of(vm["owner"])) and total == len(ids)
+        assert first.state.vm_page(vm["owner"], total, 10) == ([], total)
 
 
 def _garbage_command() -> st.SearchStrategy[bytes]:
