@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # mounting anything (scripts/build-guest.sh); genisoimage makes NoCloud seed ISOs in the tests
 DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev
       qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu busybox-static
-      fdisk dosfstools mtools syslinux syslinux-common isolinux genisoimage)
+      fdisk dosfstools mtools syslinux syslinux-common isolinux genisoimage
+      tgt qemu-block-extra)
 
 missing=()
 for pkg in "${DEBS[@]}"; do
