@@ -146,13 +146,14 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "cloudctl", "_CLOUDCTL_COMPLETE").source())
 
 
-from cli import commands_cluster, commands_compute, commands_images, commands_pools, commands_users  # noqa: E402
+from cli import commands_cluster, commands_compute, commands_images, commands_pools, commands_storage, commands_users  # noqa: E402
 
 commands_cluster.register(cli)
 commands_users.register(cli)
 commands_pools.register(cli)
 commands_compute.register(cli)
 commands_images.register(cli)
+commands_storage.register(cli)
 
 
 def main() -> None:

@@ -62,15 +62,18 @@ def host_usage(data_dir: str) -> dict[str, Any]:
 
 
 class Agent:
-    def __init__(self, data_dir: str, roles: list[str]) -> None:
+    def __init__(self, data_dir: str, roles: list[str], storage: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.roles = roles
+        self.storage = storage  # {"export", "portal"} of a storage node
         self.registered = False
 
     async def step(self, env: Env) -> None:
         try:
             if not self.registered:
-                args = {"name": env.node_name, "roles": self.roles, "inventory": host_inventory(self.data_dir), "version": __version__}
+                args: dict[str, Any] = {"name": env.node_name, "roles": self.roles, "inventory": host_inventory(self.data_dir), "version": __version__}
+                if self.storage is not None:
+                    args["storage"] = self.storage
                 outcome = await env.propose("node.register", args)
                 if "error" in outcome:
                     log.error("registration refused: %s", outcome["error"]["message"])

@@ -53,6 +53,20 @@ class ComputeSettings:
 
 
 @dataclass
+class StorageSettings:
+    """How this storage node offers volumes: ``tgt`` (Debian's tgt service, or a private
+    tgtd of cloudd's own with ``private_tgtd``), ``lio`` (the kernel target) or ``none``."""
+
+    export: str = "tgt"
+    portal: str = ""  # host:port hypervisors log in to; "" = this node's API host, port 3260
+    tgt_control_port: int | None = None  # tgtadm -C; None = the system tgtd's default
+    private_tgtd: bool = False
+
+    def portal_for(self, api_addr: str) -> str:
+        return self.portal or f"{api_addr.rsplit(':', 1)[0]}:3260"
+
+
+@dataclass
 class NodeConfig:
     name: str
     cluster_id: str
@@ -65,6 +79,7 @@ class NodeConfig:
     timings: Timings = field(default_factory=Timings)
     raft: RaftSettings = field(default_factory=RaftSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     data_dir: str = ""
 
     @property
@@ -96,7 +111,8 @@ class NodeConfig:
         timings = Timings(**data.pop("timings", {}))
         raft = RaftSettings(**data.pop("raft", {}))
         compute = ComputeSettings(**data.pop("compute", {}))
-        return cls(**data, timings=timings, raft=raft, compute=compute, data_dir=str(Path(data_dir).resolve()))
+        storage = StorageSettings(**data.pop("storage", {}))
+        return cls(**data, timings=timings, raft=raft, compute=compute, storage=storage, data_dir=str(Path(data_dir).resolve()))
 
 
 def write_secret(data_dir: str | Path, secret: str) -> None:

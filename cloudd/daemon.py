@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import uvicorn
 
@@ -16,11 +16,15 @@ from cloudd.agent import Agent
 from cloudd.config import NodeConfig, read_secret
 from cloudd.manager import Manager
 from cloudd.ops.libvirt_compute import LibvirtCompute
+from cloudd.ops.file_volumes import FileVolumes
 from cloudd.ops.local_disk import LocalDisks
+from cloudd.ops.storage import ExportBackend, StorageError, VolumeBackend
+from cloudd.ops.tgt import TgtDaemon, TgtExports, free_control_port
 from cloudd.raft.node import ReplicatedState
 from cloudd.reconcile import ImageSource, ImagesByPath, ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
+from cloudd.storage_agent import StorageReconciler
 from cloudd.web.app import create_app
 
 log = logging.getLogger("cloudd")
@@ -77,7 +81,7 @@ def wake_on_vm_commands(raft: ReplicatedState, loop: asyncio.AbstractEventLoop, 
     of at their next period (a wake-up is only a hint: a missed one costs a period)."""
 
     def hook(_index: int, command: bytes, _outcome: object) -> None:
-        if command.startswith(b'{"op":"vm.') and not command.startswith(b'{"op":"vm.report"'):
+        if command.startswith((b'{"op":"vm.', b'{"op":"volume.')) and not command.startswith((b'{"op":"vm.report"', b'{"op":"volume.report"')):
             for event in events:
                 try:
                     loop.call_soon_threadsafe(event.set)
@@ -138,6 +142,47 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None)
     )
 
 
+def make_volume_backend(pool: dict[str, Any]) -> VolumeBackend:
+    """The backend of one storage pool on this node."""
+    if pool["backend"] == "file":
+        return FileVolumes(pool["config"]["path"])
+    if pool["backend"] == "lvm":
+        from cloudd.ops.lvm import LvmVolumes
+
+        return LvmVolumes(pool["config"]["vg"], thin_pool=pool["config"].get("thin_pool"))
+    raise StorageError(f"{pool['backend']} pools are not driven by the storage agent yet (command construction only)")
+
+
+def make_exports(config: NodeConfig) -> tuple[ExportBackend | None, TgtDaemon | None]:
+    """This storage node's iSCSI target (and the private tgtd it runs, if any)."""
+    settings = config.storage
+    portal = settings.portal_for(config.api_addr)
+    if settings.export == "none":
+        return None, None
+    if settings.export == "lio":
+        from cloudd.ops.lio import LioExports
+
+        return LioExports(portal), None
+    daemon = None
+    control = settings.tgt_control_port
+    if settings.private_tgtd:
+        control = control if control is not None else free_control_port()
+        daemon = TgtDaemon(control, portal, Path(config.data_dir) / "tgtd.log").start()
+        log.info("storage: a private tgtd serves iSCSI on %s", portal)
+    return TgtExports(portal, control_port=control), daemon
+
+
+def make_storage_agent(config: NodeConfig, secret: str, images: Any) -> tuple[StorageReconciler | None, TgtDaemon | None]:
+    if "storage" not in config.roles:
+        return None, None
+    try:
+        exports, daemon = make_exports(config)
+    except StorageError as exc:
+        log.error("storage: no iSCSI exports on this node: %s", exc)
+        exports, daemon = None, None
+    return StorageReconciler(config.name, make_volume_backend, exports, secret, images=images), daemon
+
+
 async def serve_async(config: NodeConfig, secret: str) -> None:
     raft = open_replica(config, secret)
     runtime = NodeRuntime.build(config, secret, raft)
@@ -156,11 +201,13 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
         )
     )
     stop = asyncio.Event()
-    agent = Agent(config.data_dir, config.roles)
+    storage_info = {"export": config.storage.export, "portal": config.storage.portal_for(config.api_addr)} if "storage" in config.roles else None
+    agent = Agent(config.data_dir, config.roles, storage_info)
     manager = Manager(config.timings)
     reconciler = make_reconciler(config, runtime.images)
-    manager_wake, reconcile_wake = asyncio.Event(), asyncio.Event()
-    wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake])
+    storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
+    manager_wake, reconcile_wake, storage_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake, storage_wake])
     tasks = [
         asyncio.create_task(_every(config.timings.heartbeat_interval, lambda: agent.step(runtime.env), stop)),
         asyncio.create_task(_every(config.timings.manager_interval, lambda: manager.step(runtime.env), stop, manager_wake)),
@@ -174,6 +221,8 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
             await runtime.images.report_copies(runtime.env)  # image copies fetched for VMs
 
         tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, reconcile, stop, reconcile_wake)))
+    if storage is not None:
+        tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, lambda: storage.step(runtime.env), stop, storage_wake)))
     tasks.append(asyncio.create_task(_every(60.0, lambda: runtime.images.prune(runtime.env.images()), stop)))
     log.info("node %s serving the API on http://%s (raft %s, %s)", config.name, config.api_addr, config.raft_addr, config.membership)
     try:
@@ -181,6 +230,8 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if tgtd is not None:
+            await asyncio.to_thread(tgtd.stop)
         raft.destroy()
         log.info("node %s stopped", config.name)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloudd.model.state import State
 from cloudd.raft.node import ReplicatedState
 from cloudd.raft.proposer import Proposer
+
+if TYPE_CHECKING:
+    from cloudd.storage_agent import StorageView
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class Env(Protocol):
 
     def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
         """Like ``vms``, only the VMs assigned to ``node`` (without copying the others)."""
+
+    def storage_view(self, node: str) -> "StorageView":
+        """The storage pools on ``node``, their volumes, who may reach each, and images."""
 
     def images(self) -> dict[str, dict[str, Any]]:
         """A copy of the image records."""
@@ -88,6 +94,10 @@ class RaftEnv:
         with self.raft.lock:
             return {vm_id: dict(vm) for vm_id, vm in self.raft.state.vms.items() if vm["node"] == node}
 
+    def storage_view(self, node: str) -> "StorageView":
+        with self.raft.lock:
+            return storage_view_of(self.raft.state, node)
+
     def images(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return {image_id: dict(image) for image_id, image in self.raft.state.images.items()}
@@ -112,3 +122,22 @@ async def try_propose(env: Env, op: str, args: dict[str, Any], what: str) -> dic
         log.info("%s: refused: %s", what, outcome["error"]["message"])
         return None
     return outcome
+
+
+def storage_view_of(state: State, node: str) -> "StorageView":
+    """A copy of what a storage agent needs (call under the replica's lock)."""
+    from cloudd.commands.volumes import export_initiators
+    from cloudd.storage_agent import StorageView
+
+    pools = {name: orjson_copy(p) for name, p in state.storage_pools.items() if p["node"] == node}
+    volumes = {vid: orjson_copy(v) for vid, v in state.volumes.items() if v["pool"] in pools}
+    initiators = {vid: export_initiators(state, v) for vid, v in volumes.items()}
+    wanted = {v["image"] for v in volumes.values() if v.get("image")}
+    images = {iid: dict(state.images[iid]) for iid in wanted if iid in state.images}
+    return StorageView(pools, volumes, initiators, images)
+
+
+def orjson_copy(value: Any) -> Any:
+    import orjson
+
+    return orjson.loads(orjson.dumps(value))

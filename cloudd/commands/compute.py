@@ -15,6 +15,7 @@ from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, re
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
 from cloudd.commands.pools import Usage, check_quota
+from cloudd.model.attachments import released_by, vm_volumes_released
 from cloudd.model.state import State
 from cloudd.model.tasks import follow_vm, open_task, vm_gone
 from cloudd.model.vm import POWER_STATES, move
@@ -268,6 +269,7 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         task = open_task(state, ctx, "vm.delete", vm)
         state.remove_vm(vm["id"])
         vm_gone(state, vm, ctx.ts)
+        vm_volumes_released(state, vm, ctx.ts)
         return {"id": vm["id"], "state": "deleted", "task": dict(task)}
     move(vm, "deleting", ctx.ts, "delete requested")
     task = open_task(state, ctx, "vm.delete", vm)
@@ -326,6 +328,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         if power == "absent":
             state.remove_vm(vm["id"])
             vm_gone(state, vm, ctx.ts)
+            vm_volumes_released(state, vm, ctx.ts)
             return {"id": args["id"], "state": "deleted"}
         return {"id": vm["id"], "state": now}
     if error:
@@ -340,4 +343,5 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if not error and vm["state"] != "error":
         vm["error"] = None
     follow_vm(state, vm, ctx.ts)
+    released_by(state, vm, ctx.ts)
     return {"id": vm["id"], "state": vm["state"], "desired": dict(vm["desired"])}

@@ -9,7 +9,7 @@ from cloudd.commands.common import NODE_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
 from cloudd.model.state import State
-from cloudd.validate import Field
+from cloudd.validate import ADDRESS_RE, Field
 
 STATUSES = ("up", "suspect", "down", "maintenance")
 
@@ -37,6 +37,7 @@ USAGE = {
         "roles": Field("list", max_len=len(ROLES), item=Field("str", choices=ROLES)),
         "inventory": Field("obj", spec=INVENTORY),
         "version": Field("str", max_len=32, required=False),
+        "storage": Field("obj", required=False, spec={"export": Field("str", choices=("tgt", "lio", "none")), "portal": Field("str", pattern=ADDRESS_RE)}),
     },
 )
 def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     node["roles"] = sorted(args["roles"])
     node["inventory"] = args["inventory"]
     node["version"] = args.get("version")
+    node["storage"] = args.get("storage")  # where hypervisors reach this node's iSCSI exports
     node["registered_at"] = ctx.ts
     return {"name": node["name"], "lease_seq": node["lease_seq"]}
 

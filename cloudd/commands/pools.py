@@ -1,7 +1,7 @@
 """Resource pools: the quotas an admin gives a user or a group of users.
 
-A pool caps what its members own together: vCPUs, RAM, disk (OS disks, swap and extra
-disks), VM count and public IPs, and may lock its members to a list of networks. A user
+A pool caps what its members own together: vCPUs, RAM, disk (OS disks, swap, extra
+disks and volumes), VM count and public IPs, and may lock its members to a list of networks. A user
 is in at most one pool (``user["pool"]``); a user in no pool has no limits (admins
 usually). Limits are checked inside the replicated ``apply`` against the usage of that
 moment, so two concurrent creations can never both slip past a limit. Lowering a limit
@@ -68,9 +68,11 @@ def members(state: State, pool: str) -> list[str]:
 
 
 def pool_usage(state: State, pool: str) -> Usage:
-    """Everything the pool's members own now (public IPs arrive with networks)."""
+    """Everything the pool's members own now: VMs, their disks and volumes (public IPs
+    arrive with networks)."""
     who = set(members(state, pool))
-    return usage_of_vms(vm for vm in state.vms.values() if vm["owner"] in who)
+    volumes = sum(v["size_gb"] for v in state.volumes.values() if v["owner"] in who)
+    return usage_of_vms(vm for vm in state.vms.values() if vm["owner"] in who) + Usage(disk_gb=volumes)
 
 
 def check_quota(state: State, owner: str, extra: Usage) -> None:

@@ -32,7 +32,9 @@ RECORDS: dict[str, tuple[str, dict[str, str]]] = {
     "flavors": ("name", {"name": "str", "vcpus": "int", "ram_mb": "int", "disk_gb": "num"}),
     "images": ("id", {"id": "str", "name": "str", "owner": "str", "public": "bool", "format": "str"}),
     "pools": ("name", {"name": "str", "limits": "dict", "networks": "list"}),
-    "tasks": ("id", {"id": "str", "op": "str", "vm": "str", "owner": "str", "state": "str", "progress": "int"}),
+    "tasks": ("id", {"id": "str", "op": "str", "owner": "str", "state": "str", "progress": "int"}),
+    "storage_pools": ("name", {"name": "str", "node": "str", "backend": "str", "config": "dict"}),
+    "volumes": ("id", {"id": "str", "name": "str", "owner": "str", "pool": "str", "node": "str", "size_gb": "num", "state": "str", "attached_to": "any", "observed": "dict"}),
     "vms": ("id", {
         "id": "str", "name": "str", "owner": "str", "state": "str", "node": "any", "vcpus": "int", "ram_mb": "int",
         "disk_gb": "num", "desired": "dict", "observed": "dict", "disks": "list",
@@ -143,6 +145,10 @@ def _check_references(state: State) -> None:
     problems += [f"tokens[{tid}] belongs to unknown user {tok['user']}" for tid, tok in state.tokens.items() if tok["user"] not in state.users]
     problems += [f"users[{name}] is in unknown pool {u['pool']}" for name, u in state.users.items() if u.get("pool") and u["pool"] not in state.pools]
     problems += [f"images[{iid}] belongs to unknown user {img['owner']}" for iid, img in state.images.items() if img["owner"] not in state.users]
+    problems += [f"volumes[{vid}] belongs to unknown user {v['owner']}" for vid, v in state.volumes.items() if v["owner"] not in state.users]
+    problems += [f"volumes[{vid}] is in unknown storage pool {v['pool']}" for vid, v in state.volumes.items() if v["pool"] not in state.storage_pools]
+    problems += [f"volumes[{vid}] is attached to unknown VM {v['attached_to']}" for vid, v in state.volumes.items() if v["attached_to"] and v["attached_to"] not in state.vms]
+    problems += [f"storage_pools[{name}] is on unknown node {p['node']}" for name, p in state.storage_pools.items() if p["node"] not in state.nodes]
     if not any(u["role"] == "admin" and not u.get("disabled") for u in state.users.values()):
         problems.append("no enabled admin user")
     if problems:

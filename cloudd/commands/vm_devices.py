@@ -39,8 +39,8 @@ def vm_disk_add(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     disks = vm.get("disks", [])
     if any(d["id"] == args["disk_id"] for d in disks):
         raise CloudError("conflict", f"VM {vm['name']} already has disk {args['disk_id']}")
-    if len(disks) >= MAX_EXTRA_DISKS:
-        raise CloudError("conflict", f"VM {vm['name']} has {MAX_EXTRA_DISKS} extra disks already (the most it may have)")
+    if len(disks) + len(vm.get("volumes", ())) >= MAX_EXTRA_DISKS:
+        raise CloudError("conflict", f"VM {vm['name']} has {MAX_EXTRA_DISKS} extra disks and volumes already (the most it may have)")
     size = args["size_gb"]
     check_quota(state, vm["owner"], Usage(disk_gb=size))
     if vm["node"] is not None:
@@ -50,7 +50,7 @@ def vm_disk_add(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
             raise CloudError("conflict", f"node {vm['node']} has no room for the disk: {reason}")
     elif size + vm_disk_gb(vm) > largest_possible(state.nodes).disk_gb:
         raise CloudError("invalid", f"size_gb={size:g} is more than any hypervisor has", {"field": "size_gb"})
-    taken = {d["target"] for d in disks}
+    taken = {d["target"] for d in disks} | {v["target"] for v in vm.get("volumes", ())}
     target = next(t for t in EXTRA_DISK_TARGETS if t not in taken)
     disk = {"id": args["disk_id"], "size_gb": size, "target": target, "created_at": ctx.ts}
     vm["disks"] = [*disks, disk]

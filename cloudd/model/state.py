@@ -20,7 +20,7 @@ EVENT_RETENTION = 10_000
 REQUEST_RETENTION = 50_000
 REQUEST_MAX_AGE_S = 6 * 3600.0
 
-DOMAIN_KEYS = ("cluster", "nodes", "users", "tokens", "join_tokens", "flavors", "images", "vms", "pools", "tasks")
+DOMAIN_KEYS = ("cluster", "nodes", "users", "tokens", "join_tokens", "flavors", "images", "vms", "pools", "tasks", "storage_pools", "volumes")
 
 
 class State:
@@ -37,6 +37,8 @@ class State:
         self.vms: dict[str, dict[str, Any]] = {}
         self.pools: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.storage_pools: dict[str, dict[str, Any]] = {}
+        self.volumes: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.event_seq = 0

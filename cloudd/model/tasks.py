@@ -33,12 +33,16 @@ def task_id(ctx: "Context") -> str:
 
 
 def open_task(state: State, ctx: "Context", op: str, vm: dict[str, Any], **detail: Any) -> dict[str, Any]:
-    """Open a task for ``op`` on ``vm`` and evaluate it once (it may be done already)."""
+    """Open a task for ``op`` on ``vm`` (or, for ``volume.*`` ops, on a volume) and
+    evaluate it once (it may be done already)."""
+    volume_op = op.startswith("volume.")
     task: dict[str, Any] = {
         "id": task_id(ctx),
         "op": op,
-        "vm": vm["id"],
-        "vm_name": vm["name"],
+        "vm": None if volume_op else vm["id"],
+        "vm_name": None if volume_op else vm["name"],
+        "volume": vm["id"] if volume_op else None,
+        "volume_name": vm["name"] if volume_op else None,
         "owner": vm["owner"],
         "requested_by": {k: v for k, v in ctx.actor.items() if k in ("user", "node")},
         "state": "running",
@@ -57,7 +61,10 @@ def open_task(state: State, ctx: "Context", op: str, vm: dict[str, Any], **detai
     state.tasks[task["id"]] = task
     vm["tasks"] = [t["id"] for t in _open(state, vm)] + [task["id"]]
     _trim(state)
-    follow_vm(state, vm, ctx.ts)
+    if volume_op:
+        follow_volume(state, vm, ctx.ts)
+    else:
+        follow_vm(state, vm, ctx.ts)
     return task
 
 
@@ -87,10 +94,45 @@ def follow_vm(state: State, vm: dict[str, Any], ts: float) -> None:
     vm["tasks"] = [t["id"] for t in _open(state, vm)]
 
 
+def follow_volume(state: State, volume: dict[str, Any], ts: float) -> None:
+    """Re-evaluate a volume's open tasks after any change of the volume."""
+    if not volume.get("tasks"):
+        return
+    for task in _open(state, volume):
+        _evaluate_volume(task, volume, ts)
+    volume["tasks"] = [t["id"] for t in _open(state, volume)]
+
+
+def _evaluate_volume(task: dict[str, Any], volume: dict[str, Any], ts: float) -> None:
+    op, now = task["op"], volume["state"]
+    node = volume.get("node") or "its storage node"
+    if op == "volume.delete":
+        _progress(task, 50, f"deleting on {node}", ts)
+    elif now == "error":
+        _finish(task, "failed", volume.get("error") or "the volume is in error", ts)
+    elif op == "volume.create":
+        if now in ("available", "attached", "detaching"):
+            _finish(task, "succeeded", now, ts)
+        else:
+            _progress(task, 30, f"creating on {node}", ts)
+    elif op == "volume.resize":
+        if now != "resizing":
+            _finish(task, "succeeded", f"{volume['size_gb']:g} GB", ts)
+        else:
+            _progress(task, 50, f"resizing on {node}", ts)
+    elif op == "volume.detach":
+        if volume.get("attached_to") is None and now != "detaching":
+            _finish(task, "succeeded", "detached", ts)
+        else:
+            _progress(task, 50, "waiting for the guest to let go", ts)
+    else:  # volume.attach: the VM's own device handling shows it
+        _finish(task, "succeeded", "recorded; plugged in by the VM's node", ts)
+
+
 def vm_gone(state: State, vm: dict[str, Any], ts: float) -> None:
-    """The VM was removed from the state: its delete succeeded, anything else cannot."""
+    """The VM (or volume) was removed from the state: its delete succeeded, anything else cannot."""
     for task in _open(state, vm):
-        if task["op"] == "vm.delete":
+        if task["op"] in ("vm.delete", "volume.delete"):
             _finish(task, "succeeded", "deleted", ts)
         else:
             _finish(task, "superseded", "the VM was deleted", ts)
@@ -130,7 +172,7 @@ def _evaluate(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:
         else:
             _progress(task, 50, f"asked on {vm['node']}", ts)
         return
-    if op in ("vm.disk.add", "vm.disk.remove", "vm.iso.attach", "vm.iso.detach"):
+    if op in ("vm.disk.add", "vm.disk.remove", "vm.iso.attach", "vm.iso.detach", "vm.volume.attach", "vm.volume.detach"):
         _evaluate_device(task, vm, ts)
         return
     _finish(task, "succeeded", "recorded; applied at the next start", ts)
@@ -144,7 +186,7 @@ def _evaluate_device(task: dict[str, Any], vm: dict[str, Any], ts: float) -> Non
         _finish(task, "succeeded", "recorded; applied at the next start", ts)
         return
     live = vm["observed"].get("disks") or []
-    wanted = task["op"] in ("vm.disk.add", "vm.iso.attach")
+    wanted = task["op"] in ("vm.disk.add", "vm.iso.attach", "vm.volume.attach")
     if (target in live) == wanted:
         _finish(task, "succeeded", f"{target} {'plugged in' if wanted else 'unplugged'}", ts)
     elif vm["observed"].get("device_error"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 IQN_RE = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[A-Za-z0-9._:-]+)?$")
-VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+VOLUME_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")  # also goes into IQNs: lowercase, no "_" (RFC 3720)
 IQN_PREFIX = "iqn.2026-11.io.cloudd"
 
 

@@ -71,3 +71,18 @@ def accepted(result: dict[str, Any], index: int, view: dict[str, Any] | None = N
         body["task"] = task
         headers["Location"] = f"/api/v1/tasks/{task['id']}"
     return json_response(body, status=202, index=index, headers=headers)
+
+
+def find_owned(records: dict[str, dict[str, Any]], principal: Principal, ref: str, kind: str) -> dict[str, Any]:
+    """A record by id or by name among the ones the caller may see (admins: all; users:
+    their own), as a copy; 404 when there is none, 409 when a name is not unique.
+    Call under the replica's lock."""
+    record = records.get(ref)
+    if record is not None and (principal.is_admin or record["owner"] == principal.name):
+        return dict(record)
+    named = [r for r in records.values() if r["name"] == ref and (principal.is_admin or r["owner"] == principal.name)]
+    if len(named) > 1:
+        raise CloudError("conflict", f"several {kind}s are named {ref}: use the id", {"ids": sorted(r["id"] for r in named)})
+    if not named:
+        raise CloudError("not_found", f"{kind} {ref} not found")
+    return dict(named[0])

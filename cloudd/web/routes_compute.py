@@ -20,7 +20,7 @@ from cloudd.commands.compute import FLAVOR_NAME, SSH_KEY
 from cloudd.errors import CloudError
 from cloudd.model.vm import STATES
 from cloudd.validate import HOSTNAME_RE, Field
-from cloudd.web.api import Api, accepted, page, page_bounds
+from cloudd.web.api import Api, accepted, find_owned, page, page_bounds
 from cloudd.web.auth import Principal, require_admin
 from cloudd.web.http import guarded, json_response, read_json
 from cloudd.web.openapi import PATH_PARAM, ApiRoute, Doc, Param
@@ -72,15 +72,7 @@ def routes(api: Api) -> list[ApiRoute]:
     def find_vm(principal: Principal, ref: str) -> dict[str, Any]:
         """A VM by id or by name, among the ones the caller may see; 404 otherwise."""
         with runtime.raft.lock:
-            vm = runtime.raft.state.vms.get(ref)
-            if vm is not None and (principal.is_admin or vm["owner"] == principal.name):
-                return dict(vm)
-            named = [v for v in runtime.raft.state.vms.values() if v["name"] == ref and (principal.is_admin or v["owner"] == principal.name)]
-        if len(named) > 1:
-            raise CloudError("conflict", f"several VMs are named {ref}: use the id", {"ids": sorted(v["id"] for v in named)})
-        if not named:
-            raise CloudError("not_found", f"VM {ref} not found")
-        return dict(named[0])
+            return find_owned(runtime.raft.state.vms, principal, ref, "VM")
 
     def image_id(ref: str, owner: str) -> str:
         """An image id from an id or a name the owner can use (left as is when unknown:

@@ -47,11 +47,13 @@ def enum(*values: Any, nullable: bool = False) -> dict[str, Any]:
 
 
 TASK = obj(
-    ["id", "op", "vm", "owner", "state", "progress", "message", "created_at"],
+    ["id", "op", "owner", "state", "progress", "message", "created_at"],
     id=STR,
     op=STR,
-    vm=STR,
-    vm_name=STR,
+    vm=NSTR,
+    vm_name=NSTR,
+    volume=NSTR,
+    volume_name=NSTR,
     owner=STR,
     requested_by=OBJ,
     state=enum("running", *FINAL),
@@ -209,6 +211,12 @@ SCHEMAS: dict[str, Any] = {
         disk_gb=NUM,
     ),
     "Task": TASK,
+    "StoragePool": obj(["name", "node", "backend", "config"], name=STR, node=STR, backend=STR, config=OBJ, capacity={"type": "object", "nullable": True}, error=NSTR),
+    "Volume": obj(
+        ["id", "name", "owner", "pool", "size_gb", "state"],
+        id=STR, name=STR, owner=STR, pool=STR, size_gb=NUM, image=NSTR, state=STR, attached_to=NSTR, target=NSTR, error=NSTR,
+        observed=OBJ, usage={"type": "object", "nullable": True}, tasks=STRS,
+    ),
     "Backup": obj(["format", "taken_at", "applied_index", "state"], format=STR, taken_at=NUM, applied_index=INT, state=OBJ),
     "Pool": obj(
         ["name", "limits", "networks"],

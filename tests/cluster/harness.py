@@ -70,8 +70,13 @@ class Node:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, timings: dict[str, float] | None = None, first_host: int = 11, compute: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, timings: dict[str, float] | None = None, first_host: int = 11, compute: list[str] | None = None, iscsi: bool = False
+    ) -> None:
+        """``iscsi``: every node runs a private tgtd (real iSCSI exports); otherwise the
+        nodes export nothing (volumes are still created in their pools)."""
         self.root = root
+        self.iscsi = iscsi
         self.compute = compute or ["--compute-uri", COMPUTE_URI]
         self.timings = timings or FAST_TIMINGS
         self.nodes: dict[str, Node] = {}
@@ -92,6 +97,10 @@ class LocalCluster:
         path = node.data_dir / "node.json"
         data = orjson.loads(path.read_bytes())
         data["timings"] = dict(self.timings)
+        if self.iscsi:
+            data["storage"] = {"export": "tgt", "private_tgtd": True, "portal": f"{node.host}:{free_port(node.host)}"}
+        else:
+            data["storage"] = {"export": "none"}
         path.write_bytes(orjson.dumps(data))
 
     def start(self, name: str) -> Node:

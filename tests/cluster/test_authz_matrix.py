@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.cluster.harness import LocalCluster
+from tests.cluster.harness import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -49,13 +49,18 @@ def world(shared_cluster: LocalCluster) -> dict[str, Any]:
     assert image.status_code == 201, image.text
     token = alice.post("/api/v1/tokens", json={"name": "alice-ci"})
     assert token.status_code == 201
+    pool = admin.post("/api/v1/storage-pools", json={"name": "authz-pool", "node": "node1", "backend": "file", "config": {"path": str(shared_cluster.root / "volumes")}})
+    assert pool.status_code == 201, pool.text
+    wait_for(lambda: admin.get("/api/v1/storage-pools").json()["items"][0]["capacity"], what="the pool's capacity")
+    volume = alice.post("/api/v1/volumes", json={"name": "secret-vol", "size_gb": 1})
+    assert volume.status_code == 202, volume.text
     doc = httpx.get(shared_cluster.nodes["node2"].url + "/api/v1/openapi.json").json()
     return {
         "doc": doc,
         "tokens": tokens,
         "params": {
-            "ref": {"/vms/": vm.json()["id"], "/images/": image.json()["id"]},
-            "name": {"/users/": "alice", "/pools/": "alice-pool", "/nodes/": "node3", "/flavors/": "authz"},
+            "ref": {"/vms/": vm.json()["id"], "/images/": image.json()["id"], "/volumes/": volume.json()["id"]},
+            "name": {"/users/": "alice", "/storage-pools/": "authz-pool", "/pools/": "alice-pool", "/nodes/": "node3", "/flavors/": "authz"},
             "token_id": token.json()["token_id"],
             "task_id": vm.json()["task"]["id"],
             "disk_id": disk.json()["disk"]["id"],
@@ -132,10 +137,10 @@ def test_users_get_404_on_someone_elses_objects_and_change_nothing(shared_cluste
 
 def test_lists_show_users_only_their_own(shared_cluster: LocalCluster, world: dict[str, Any]) -> None:
     bob = shared_cluster.api("node3", world["tokens"]["bob"])
-    for path in ("/api/v1/vms", "/api/v1/tasks", "/api/v1/pools", "/api/v1/tokens", "/api/v1/events"):
+    for path in ("/api/v1/vms", "/api/v1/tasks", "/api/v1/pools", "/api/v1/tokens", "/api/v1/events", "/api/v1/volumes"):
         items = bob.get(path).json()["items"]
         text = str(items)
-        assert "secret-vm" not in text and "alice" not in text, (path, items)
+        assert "secret-vm" not in text and "secret-vol" not in text and "alice" not in text, (path, items)
     assert all(i["name"] != "secret-img" for i in bob.get("/api/v1/images").json()["items"])
     reply = bob.get("/api/v1/vms", params={"owner": "alice"})
     assert reply.status_code == 403

@@ -144,6 +144,30 @@ ARGS: dict[str, Any] = {
         {"kind": st.sampled_from(["users", "vms", "events", "default_image"]), "items": st.one_of(st.just({}), st.just([]), st.just({"zed": {"name": "zed", "role": "user", "password_hash": PW_HASH}}), SCALARS)}
     ),
     "cluster.restore_finish": st.just({}),
+    "storage_pool.create": st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["sp1", "sp2"]),
+            "node": st.sampled_from(["n1", "n2"]),
+            "backend": st.sampled_from(["file", "lvm", "drbd"]),
+            "config": st.sampled_from([{"path": "/srv/vol"}, {"vg": "vg0"}, {"vg": "vg0", "peer": "n2"}, {"path": "rel"}, {}]),
+        }
+    ),
+    "storage_pool.delete": st.fixed_dictionaries({"name": st.sampled_from(["sp1", "sp2"])}),
+    "storage_pool.report": st.fixed_dictionaries(
+        {"name": st.sampled_from(["sp1", "sp2"]), "node": st.sampled_from(["n1", "n2"]), "total_bytes": st.integers(0, 1 << 40), "free_bytes": st.integers(0, 1 << 40)}
+    ),
+    "volume.create": st.fixed_dictionaries(
+        {"id": st.sampled_from(["vo1", "vo2"]), "name": st.sampled_from(["data", "logs"]), "owner": st.sampled_from(["bob", "x"]), "size_gb": st.integers(-1, 500)},
+        optional={"pool": st.sampled_from(["sp1", "sp2"]), "image": st.sampled_from(["i1", "i2"])},
+    ),
+    "volume.delete": st.fixed_dictionaries({"id": st.sampled_from(["vo1", "vo2"])}),
+    "volume.attach": st.fixed_dictionaries({"id": st.sampled_from(["vo1", "vo2"]), "vm": VM_IDS}),
+    "volume.detach": st.fixed_dictionaries({"id": st.sampled_from(["vo1", "vo2"])}),
+    "volume.resize": st.fixed_dictionaries({"id": st.sampled_from(["vo1", "vo2"]), "size_gb": st.integers(0, 600)}, optional={"force": st.booleans()}),
+    "volume.report": st.fixed_dictionaries(
+        {"id": st.sampled_from(["vo1", "vo2"]), "node": st.sampled_from(["n1", "n2"]), "present": st.booleans()},
+        optional={"size_bytes": st.integers(0, 1 << 40), "error": st.one_of(st.none(), st.just("disk full"))},
+    ),
     "vm.report": st.fixed_dictionaries(
         {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
         optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3)},

@@ -1,0 +1,95 @@
+"""The storage agent with in-memory volumes and exports: creation, export ACLs that follow
+the VM's node (fencing), resize, delete, usage counters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cloudd.ops.fake_storage import FakeExports, FakeVolumes
+from cloudd.ops.storage import ExportStats, node_initiator, volume_target
+from cloudd.storage_agent import ExportCounters, StorageReconciler, chap_credentials
+from tests.fake_env import FakeEnv
+from tests.unit.test_volumes import GIB, with_pool
+from tests.unit.test_compute_commands import new_vm
+
+SECRET = "cluster-secret"
+
+
+def agent(volumes: FakeVolumes, exports: FakeExports) -> StorageReconciler:
+    return StorageReconciler("n1", lambda pool: volumes, exports, SECRET, report_every_s=30.0, clock=lambda: 0.0)
+
+
+def test_the_agent_creates_exports_to_the_vm_node_only_and_fences_on_a_move() -> None:
+    replica = with_pool()
+    replica.ok("node.register", {"name": "n2", "roles": ["hypervisor"], "inventory": {"cpus": 4, "ram_mb": 9216, "disk_gb": 100.0}}) if "n2" in replica.state.nodes else None
+    env = FakeEnv(replica)
+    volumes, exports = FakeVolumes(), FakeExports()
+    storage = agent(volumes, exports)
+    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 2})
+    asyncio.run(storage.step(env))
+    assert volumes.sizes == {"vo1": 2 * GIB} and replica.state.volumes["vo1"]["state"] == "available"
+    assert exports.targets == {}  # not attached: offered to no one
+    new_vm(replica, "vm1")
+    replica.ok("vm.place", {"id": "vm1", "node": "n1"})
+    replica.ok("volume.attach", {"id": "vo1", "vm": "vm1"})
+    asyncio.run(storage.step(env))
+    spec = exports.targets[volume_target("vo1")]
+    assert spec.initiators == (node_initiator("n1"),) and (spec.chap_user, spec.chap_password) == chap_credentials(SECRET, "vo1")
+    assert replica.state.volumes["vo1"]["observed"]["exported_to"] == [node_initiator("n1")]
+    assert exports.login(volume_target("vo1"), node_initiator("n1"), *chap_credentials(SECRET, "vo1"))
+    assert not exports.login(volume_target("vo1"), node_initiator("n1"), "v-vo1", "wrong-password-123")
+    # the VM moves (failover puts it on another node): the old node is fenced
+    replica.state.vms["vm1"]["node"] = "n2"
+    asyncio.run(storage.step(env))
+    assert exports.targets[volume_target("vo1")].initiators == (node_initiator("n2"),)
+    assert exports.sessions[volume_target("vo1")] == set()  # n1's session ended
+    assert not exports.login(volume_target("vo1"), node_initiator("n1"), *chap_credentials(SECRET, "vo1"))
+
+
+def test_resize_detach_and_delete_reach_the_backend_and_only_changes_are_reported() -> None:
+    replica = with_pool()
+    env = FakeEnv(replica)
+    volumes, exports = FakeVolumes(), FakeExports()
+    storage = agent(volumes, exports)
+    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 2})
+    asyncio.run(storage.step(env))
+    before = len(env.proposed)
+    asyncio.run(storage.step(env))
+    assert len(env.proposed) == before  # nothing changed: nothing proposed
+    replica.ok("volume.resize", {"id": "vo1", "size_gb": 3})
+    asyncio.run(storage.step(env))
+    assert volumes.sizes["vo1"] == 3 * GIB and replica.state.volumes["vo1"]["state"] == "available"
+    replica.ok("volume.delete", {"id": "vo1"})
+    asyncio.run(storage.step(env))
+    assert volumes.sizes == {} and "vo1" not in replica.state.volumes
+
+
+def test_a_backend_failure_puts_a_new_volume_in_error_with_the_reason() -> None:
+    replica = with_pool()
+    env = FakeEnv(replica)
+    storage = agent(FakeVolumes(total_bytes=GIB), FakeExports())
+    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 2})
+    asyncio.run(storage.step(env))
+    volume = replica.state.volumes["vo1"]
+    assert volume["state"] == "error" and "full" in volume["error"]
+
+
+def test_pool_capacity_is_reported() -> None:
+    replica = with_pool()
+    env = FakeEnv(replica)
+    asyncio.run(agent(FakeVolumes(total_bytes=50 * GIB), FakeExports()).step(env))
+    assert replica.state.storage_pools["fast"]["capacity"]["total_bytes"] == 50 * GIB
+
+
+def test_export_counters_keep_what_ended_sessions_counted() -> None:
+    counters = ExportCounters()
+    assert counters.update(ExportStats(per_session={"1": (10, 1, 20, 2)})) == {"read_bytes": 10, "read_ops": 1, "write_bytes": 20, "write_ops": 2}
+    assert counters.update(ExportStats(per_session={"2": (5, 1, 0, 0)})) == {"read_bytes": 15, "read_ops": 2, "write_bytes": 20, "write_ops": 2}
+    assert counters.update(ExportStats()) == {"read_bytes": 15, "read_ops": 2, "write_bytes": 20, "write_ops": 2}
+
+
+def test_chap_credentials_are_stable_per_volume_and_differ_between_volumes() -> None:
+    assert chap_credentials(SECRET, "vo1") == chap_credentials(SECRET, "vo1")
+    assert chap_credentials(SECRET, "vo1")[1] != chap_credentials(SECRET, "vo2")[1]
+    assert chap_credentials("other", "vo1")[1] != chap_credentials(SECRET, "vo1")[1]
+    assert len(chap_credentials(SECRET, "vo1")[1]) >= 12
