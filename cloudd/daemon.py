@@ -118,7 +118,7 @@ def _remember_peers(runtime: NodeRuntime) -> None:
         runtime.config.save()
 
 
-def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None) -> VmReconciler | None:
+def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None, cluster_secret: str = "") -> VmReconciler | None:
     """The VM reconcile loop of a hypervisor node (None on storage-only nodes)."""
     if "hypervisor" not in config.roles:
         return None
@@ -139,6 +139,8 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None)
         ),
         disks=None if settings.domain_type == "test" else LocalDisks(),
         image_source=image_source or ImagesByPath(),
+        cluster_secret=cluster_secret,
+        node=config.name,
     )
 
 
@@ -204,7 +206,7 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     storage_info = {"export": config.storage.export, "portal": config.storage.portal_for(config.api_addr)} if "storage" in config.roles else None
     agent = Agent(config.data_dir, config.roles, storage_info)
     manager = Manager(config.timings)
-    reconciler = make_reconciler(config, runtime.images)
+    reconciler = make_reconciler(config, runtime.images, secret)
     storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
     manager_wake, reconcile_wake, storage_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake, storage_wake])

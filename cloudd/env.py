@@ -52,6 +52,10 @@ class Env(Protocol):
     def storage_view(self, node: str) -> "StorageView":
         """The storage pools on ``node``, their volumes, who may reach each, and images."""
 
+    def volume_links(self, node: str) -> dict[str, dict[str, Any]]:
+        """The volumes attached to VMs on ``node``: where each is served (the storage
+        node's iSCSI portal) and to whom it is exported now."""
+
     def images(self) -> dict[str, dict[str, Any]]:
         """A copy of the image records."""
 
@@ -98,6 +102,10 @@ class RaftEnv:
         with self.raft.lock:
             return storage_view_of(self.raft.state, node)
 
+    def volume_links(self, node: str) -> dict[str, dict[str, Any]]:
+        with self.raft.lock:
+            return volume_links_of(self.raft.state, node)
+
     def images(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return {image_id: dict(image) for image_id, image in self.raft.state.images.items()}
@@ -141,3 +149,18 @@ def orjson_copy(value: Any) -> Any:
     import orjson
 
     return orjson.loads(orjson.dumps(value))
+
+
+def volume_links_of(state: State, node: str) -> dict[str, dict[str, Any]]:
+    """See ``Env.volume_links`` (call under the replica's lock)."""
+    out: dict[str, dict[str, Any]] = {}
+    for vm in state.vms.values():
+        if vm["node"] != node:
+            continue
+        for ref in vm.get("volumes", ()):
+            volume = state.volumes.get(ref["id"])
+            if volume is None:
+                continue
+            storage = (state.nodes.get(volume["node"]) or {}).get("storage") or {}
+            out[volume["id"]] = {"portal": storage.get("portal"), "exported_to": list(volume["observed"].get("exported_to", []))}
+    return out

@@ -21,8 +21,10 @@ from typing import Any, Callable, Protocol, TypeVar
 
 from cloudd.env import Env, try_propose
 from cloudd.ops.cloudinit import write_seed
-from cloudd.ops.compute import ComputeDriver, ComputeError, DomainInfo, DomainSpec
+from cloudd.ops.compute import ComputeDriver, ComputeError, DomainInfo, DomainSpec, IscsiSource
 from cloudd.ops.local_disk import LocalDisks
+from cloudd.ops.storage import node_initiator, volume_target
+from cloudd.storage_agent import chap_credentials
 from cloudd.vm_layout import VmLayout, hot_pluggable, seed_data
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ class VmReconciler:
     memory: dict[str, VmMemory] = field(default_factory=dict)
     disks: LocalDisks | None = None  # None: the hypervisor needs no files (libvirt's test driver)
     image_source: ImageSource = field(default_factory=ImagesByPath)
+    cluster_secret: str = field(default="", repr=False)  # CHAP passwords of volumes derive from it
+    node: str = ""  # this node's name (set from the Env at each pass)
     fetches: ImageFetches = field(init=False)
     threads: ThreadPoolExecutor = field(init=False)
 
@@ -128,7 +132,20 @@ class VmReconciler:
     def layout(self) -> VmLayout:
         return VmLayout(Path(self.settings.vm_dir), Path(self.settings.swap_dir or self.settings.vm_dir))
 
-    def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]]) -> DomainSpec:
+    def volume_sources(self, vm: dict[str, Any], links: dict[str, dict[str, Any]]) -> dict[str, IscsiSource]:
+        """The VM's volumes that are exported to this node now, as iSCSI sources."""
+        out = {}
+        me = node_initiator(self.node)
+        for ref in vm.get("volumes", ()):
+            link = links.get(ref["id"])
+            if not link or not link["portal"] or me not in link["exported_to"] or not self.cluster_secret:
+                continue
+            host, port = link["portal"].rsplit(":", 1)
+            user, _ = chap_credentials(self.cluster_secret, ref["id"])
+            out[ref["id"]] = IscsiSource(host.strip("[]"), int(port), volume_target(ref["id"]), me, user)
+        return out
+
+    def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]] | None = None) -> DomainSpec:
         """The domain this VM should have now (no I/O: ``ensure_files`` makes its files)."""
         image = images.get(vm.get("image") or "")
         boot: dict[str, str] = {}
@@ -140,7 +157,8 @@ class VmReconciler:
             if iso is None:
                 raise ComputeError(f"ISO image {vm['iso']} is gone")
             iso_path = self.image_source.path_of(iso)
-        return self.layout.spec(vm, boot, iso_path, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen)
+        volumes = self.volume_sources(vm, links or {})
+        return self.layout.spec(vm, boot, iso_path, volumes, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen)
 
     async def ensure_files(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], offline: bool = True) -> None:
         """Create every file the VM's domain refers to (each step idempotent); while the
@@ -165,6 +183,12 @@ class VmReconciler:
             await self._call(self.disks.ensure, layout.extra_disk(vm_id, extra["id"]), extra["size_gb"])
         await self._call(write_seed, layout.seed(vm_id), seed_data(vm))
 
+    async def ensure_secrets(self, spec: DomainSpec) -> None:
+        """The CHAP passwords of the VM's iSCSI volumes, as the hypervisor's secrets."""
+        for disk in spec.disks:
+            if disk.iscsi is not None and disk.serial:
+                await self._call(self.driver.ensure_secret, disk.iscsi.target, chap_credentials(self.cluster_secret, disk.serial)[1])
+
     async def remove_files(self, vm_id: str) -> None:
         if self.disks is not None:
             await self._call(self.disks.remove_all, self.layout.dir(vm_id))
@@ -182,8 +206,10 @@ class VmReconciler:
 
     async def step(self, env: Env) -> None:
         """One pass over this node's VMs."""
+        self.node = env.node_name
         mine = env.vms_on(env.node_name)
         images = env.images() if mine else {}
+        links = env.volume_links(env.node_name) if mine else {}
         try:
             actual = await self._call(self.driver.domains)
         except ComputeError as exc:
@@ -193,7 +219,7 @@ class VmReconciler:
             memory = self.memory.setdefault(vm_id, VmMemory())
             error = None
             try:
-                await self._converge(env, vm, actual.get(vm_id), memory, images)
+                await self._converge(env, vm, actual.get(vm_id), memory, images, links)
             except ComputeError as exc:
                 if exc.transient:
                     log.warning("VM %s: %s (will retry)", vm["name"], exc)
@@ -212,7 +238,9 @@ class VmReconciler:
         if strangers:
             log.debug("domains not assigned to this node (left alone): %s", ", ".join(strangers))
 
-    async def _converge(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, images: dict[str, dict[str, Any]]) -> None:
+    async def _converge(
+        self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]]
+    ) -> None:
         vm_id, state, desired = vm["id"], vm["state"], vm["desired"]
         if state == "deleting":
             if seen is not None:
@@ -222,13 +250,14 @@ class VmReconciler:
         if state in ("pending", "migrating", "error") and seen is None:
             return
         repair = self.settings.drift == "repair" or state in ("creating", "starting", "stopping")
-        spec = self.spec(vm, images)
+        spec = self.spec(vm, images, links)
         if seen is None:
             if state != "creating":
                 log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
             if not repair:
                 return
             await self.ensure_files(vm, images)
+            await self.ensure_secrets(spec)
             await self._call(self.driver.define, spec)
             seen = DomainInfo(vm_id, "shut_off", digest=spec.digest)
         else:
@@ -271,6 +300,7 @@ class VmReconciler:
         try:
             if seen.digest != spec.digest:
                 await self.ensure_files(vm, images, offline=seen.power not in ("running", "paused"))
+                await self.ensure_secrets(spec)
                 await self._call(self.driver.define, spec)  # the next start; live changes below
             if seen.power == "running" and self.driver.hotplug:
                 await self._hotplug(spec, seen, memory)

@@ -9,7 +9,9 @@ node's local fast storage). Devices the guest sees:
 |--------|-------------|----------------------------------------|--------------------|
 | vda    | virtio-blk  | OS disk                                | root               |
 | vdb    | virtio-blk  | swap (when the VM has some)            | swap               |
-| vdc…   | virtio-blk  | extra disks, in the order they came    | the disk id        |
+| vdc…   | virtio-blk  | extra disks and iSCSI volumes, in the  | the disk or        |
+|        |             | order they came (volumes once exported | volume id          |
+|        |             | to this node; qemu's own initiator)    |                    |
 | sda    | virtio-scsi | cloud-init seed (CD-ROM, label cidata) |                    |
 | sdb    | virtio-scsi | the user's ISO (CD-ROM, hot-pluggable) |                    |
 """
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from cloudd.ops.cloudinit import SeedData
-from cloudd.ops.compute import DiskSpec, DomainSpec
+from cloudd.ops.compute import DiskSpec, DomainSpec, IscsiSource
 
 SEED_TARGET = "sda"
 ISO_TARGET = "sdb"
@@ -57,19 +59,23 @@ class VmLayout:
     def serial_log(self, vm_id: str) -> Path:
         return self.dir(vm_id) / "serial.log"
 
-    def disks(self, vm: dict[str, Any], iso_path: str | None, firmware_boot: bool = True) -> tuple[DiskSpec, ...]:
+    def disks(self, vm: dict[str, Any], iso_path: str | None, firmware_boot: bool = True, volumes: Mapping[str, IscsiSource] | None = None) -> tuple[DiskSpec, ...]:
         vm_id = vm["id"]
         disks = [DiskSpec(str(self.root_disk(vm_id)), target="vda", serial="root", boot_order=1 if firmware_boot else None, size_gb=vm["disk_gb"])]
         if vm.get("swap_mb"):
             disks.append(DiskSpec(str(self.swap_disk(vm_id)), target=SWAP_TARGET, serial="swap"))
         for extra in vm.get("disks", ()):
             disks.append(DiskSpec(str(self.extra_disk(vm_id, extra["id"])), target=extra["target"], serial=extra["id"]))
+        for ref in vm.get("volumes", ()):
+            source = (volumes or {}).get(ref["id"])
+            if source is not None:  # only once exported to this node
+                disks.append(DiskSpec(source.url, format="raw", target=ref["target"], serial=ref["id"], iscsi=source))
         disks.append(DiskSpec(str(self.seed(vm_id)), format="raw", target=SEED_TARGET, bus="scsi", device="cdrom"))
         if iso_path:  # booted when the OS disk is blank: an installer
             disks.append(DiskSpec(iso_path, format="raw", target=ISO_TARGET, bus="scsi", device="cdrom", boot_order=2 if firmware_boot else None))
         return tuple(disks)
 
-    def spec(self, vm: dict[str, Any], boot: dict[str, str], iso_path: str | None, **host: Any) -> DomainSpec:
+    def spec(self, vm: dict[str, Any], boot: dict[str, str], iso_path: str | None, volumes: Mapping[str, IscsiSource] | None = None, **host: Any) -> DomainSpec:
         """The domain of ``vm``; ``boot`` holds kernel/initrd/cmdline for direct kernel boot,
         ``host`` the node's settings (domain_type, vnc_listen)."""
         return DomainSpec(
@@ -77,7 +83,7 @@ class VmLayout:
             name=vm["name"],
             vcpus=vm["vcpus"],
             ram_mb=vm["ram_mb"],
-            disks=self.disks(vm, iso_path, firmware_boot=not boot),
+            disks=self.disks(vm, iso_path, firmware_boot=not boot, volumes=volumes),
             vnc_password=vm.get("vnc_password"),
             serial_log=str(self.serial_log(vm["id"])),
             **host,

@@ -24,6 +24,24 @@ class ComputeError(Exception):
 
 
 @dataclass(frozen=True)
+class IscsiSource:
+    """A disk that qemu reaches over iSCSI itself (no kernel initiator): LUN ``lun`` of
+    ``target`` on ``host:port``, logging in as ``initiator`` with CHAP user ``chap_user``
+    and the libvirt secret whose usage id is ``target`` (``ensure_secret``)."""
+
+    host: str
+    port: int
+    target: str
+    initiator: str
+    chap_user: str
+    lun: int = 1
+
+    @property
+    def url(self) -> str:
+        return f"iscsi://{self.host}:{self.port}/{self.target}/{self.lun}"
+
+
+@dataclass(frozen=True)
 class DiskSpec:
     """One disk or CD-ROM. ``target`` (``vda``, ``sdb``…) identifies it on the domain;
     ``serial`` shows in the guest as ``/dev/disk/by-id/virtio-<serial>``."""
@@ -37,6 +55,7 @@ class DiskSpec:
     serial: str | None = None
     boot_order: int | None = None  # the firmware tries devices in this order (None: never)
     size_gb: float | None = None  # the file's size (the agent grows it offline; not in the XML)
+    iscsi: IscsiSource | None = None  # a network disk; ``path`` is then its iscsi:// URL
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,10 @@ class ComputeDriver(Protocol):
 
     def reset(self, vm_id: str) -> None:
         """Hard reset a running domain."""
+
+    def ensure_secret(self, usage_id: str, value: str) -> None:
+        """Store a CHAP password as the hypervisor's secret of iSCSI usage ``usage_id``
+        (idempotent; a hypervisor without a secret store may ignore it)."""
 
     def reboot(self, vm_id: str) -> None:
         """Ask the guest to reboot (ACPI)."""

@@ -1,6 +1,7 @@
 """libvirt domain XML from a DomainSpec (ElementTree: every value is escaped).
 
-virtio disks and NICs, a virtio-scsi controller so CD-ROMs can be hot-plugged, a serial
+virtio disks (local files, or iSCSI volumes that qemu logs in to itself) and NICs, a
+virtio-scsi controller so CD-ROMs can be hot-plugged, a serial
 console logged to a file, VNC on the node's address with a per-VM password.
 """
 
@@ -79,9 +80,16 @@ def domain_xml(spec: DomainSpec) -> str:
 
 
 def disk_element(disk: DiskSpec, boot: bool = True) -> ET.Element:
-    d = ET.Element("disk", {"type": "file", "device": disk.device})
+    d = ET.Element("disk", {"type": "network" if disk.iscsi else "file", "device": disk.device})
     _sub(d, "driver", name="qemu", type=disk.format, cache="none" if disk.device == "disk" else "default")
-    _sub(d, "source", file=disk.path)
+    if disk.iscsi is not None:
+        iscsi = disk.iscsi
+        source = _sub(d, "source", protocol="iscsi", name=f"{iscsi.target}/{iscsi.lun}")
+        _sub(source, "host", name=iscsi.host, port=str(iscsi.port))
+        _sub(_sub(source, "initiator"), "iqn", name=iscsi.initiator)
+        _sub(_sub(d, "auth", username=iscsi.chap_user), "secret", type="iscsi", usage=iscsi.target)
+    else:
+        _sub(d, "source", file=disk.path)
     _sub(d, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly or disk.device == "cdrom":
         _sub(d, "readonly")

@@ -16,6 +16,7 @@ class FakeCompute:
         self.releases_unplugged = releases_unplugged  # False: a guest that never lets go of a disk
         self.defined: dict[str, DomainSpec] = {}
         self.live: dict[str, dict[str, str]] = {}  # running domains: target -> path
+        self.secrets: dict[str, str] = {}  # iSCSI usage id -> CHAP password
         self.hotplug = hotplug
         self.on_change: Callable[[str | None], None] | None = None
         self.power: dict[str, str] = {}
@@ -46,6 +47,9 @@ class FakeCompute:
 
     def watch(self, on_change: Callable[[str | None], None]) -> None:
         self.on_change = on_change
+
+    def ensure_secret(self, usage_id: str, value: str) -> None:
+        self.secrets[usage_id] = value
 
     def define(self, spec: DomainSpec) -> None:
         self._call("define", spec.vm_id)

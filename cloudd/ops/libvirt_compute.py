@@ -241,9 +241,23 @@ class LibvirtCompute:
         for disk in live.findall("./devices/disk"):
             target, source = disk.find("target"), disk.find("source")
             if target is not None and target.get("dev"):
-                disks[str(target.get("dev"))] = (source.get("file") or "") if source is not None else ""
+                disks[str(target.get("dev"))] = source_path(source)
         vnc = int(port) if port and port.isdigit() and int(port) > 0 else None
         return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks)
+
+    def ensure_secret(self, usage_id: str, value: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            try:
+                secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage_id)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                    return  # libvirt's test driver has no secret store (and starts no qemu)
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                    raise
+                secret = conn.secretDefineXML(secret_xml(usage_id))
+            secret.setValue(value.encode())  # private: it cannot be read back to compare
+
+        self._run(f"storing the iSCSI secret of {usage_id}", go)
 
     def define(self, spec: DomainSpec) -> None:
         def go(conn: libvirt.virConnect) -> None:
@@ -360,3 +374,22 @@ class LibvirtCompute:
         self._run(f"undefining {DOMAIN_PREFIX}{vm_id}", go)
         if self.embed_root is not None:  # our own libvirt: its per-domain log goes too
             (self.embed_root / "log" / "qemu" / f"{DOMAIN_PREFIX}{vm_id}.log").unlink(missing_ok=True)
+
+
+def source_path(source: ET.Element | None) -> str:
+    """A live disk's source as DiskSpec.path says it: a file, or an iscsi:// URL."""
+    if source is None:
+        return ""
+    if source.get("protocol") == "iscsi":
+        host = source.find("host")
+        where = f"{host.get('name')}:{host.get('port', '3260')}" if host is not None else ""
+        return f"iscsi://{where}/{source.get('name', '')}"
+    return source.get("file") or ""
+
+
+def secret_xml(usage_id: str) -> str:
+    secret = ET.Element("secret", {"ephemeral": "no", "private": "yes"})
+    usage = ET.SubElement(secret, "usage", {"type": "iscsi"})
+    ET.SubElement(usage, "target").text = usage_id
+    return ET.tostring(secret, encoding="unicode")
+
