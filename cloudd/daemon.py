@@ -169,7 +169,7 @@ def make_exports(config: NodeConfig) -> tuple[ExportBackend | None, TgtDaemon | 
     control = settings.tgt_control_port
     if settings.private_tgtd:
         control = control if control is not None else free_control_port()
-        daemon = TgtDaemon(control, portal, Path(config.data_dir) / "tgtd.log").start()
+        daemon = TgtDaemon(control, portal, Path(config.data_dir) / "tgtd.log", pid_file=Path(config.data_dir) / "tgtd.pid").start()
         log.info("storage: a private tgtd serves iSCSI on %s", portal)
     return TgtExports(portal, control_port=control), daemon
 

@@ -218,14 +218,35 @@ class TgtDaemon:
     """A private tgtd (foreground, own control port and portal): the embedded setup and
     the tests. Production hosts run Debian's tgt service instead."""
 
-    def __init__(self, control_port: int, portal: str, log_path: Path, tgtd: str = "tgtd", tgtadm: str = "tgtadm") -> None:
+    def __init__(self, control_port: int, portal: str, log_path: Path, tgtd: str = "tgtd", tgtadm: str = "tgtadm", pid_file: Path | None = None) -> None:
         self.control_port = control_port
         self.portal = portal
         self.log_path = log_path
+        self.pid_file = pid_file
         self.tgtd, self.tgtadm = tgtd, tgtadm
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def end_leftover(self) -> None:
+        """A tgtd of ours that outlived its cloudd (killed hard) still holds the portal:
+        end it, by the PID we recorded and only if that PID is still a tgtd."""
+        if self.pid_file is None:
+            return
+        try:
+            pid_text, _, port_text = self.pid_file.read_text().partition(" ")
+            pid = int(pid_text)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            self.pid_file.unlink(missing_ok=True)
+            return
+        if cmdline and Path(cmdline[0].decode(errors="replace")).name == "tgtd":
+            os.kill(pid, signal.SIGKILL)
+        for leftover in (SOCKET_DIR / f"socket.{port_text.strip()}", SOCKET_DIR / f"socket.{port_text.strip()}.lock"):
+            if port_text.strip().isdigit():
+                leftover.unlink(missing_ok=True)
+        self.pid_file.unlink(missing_ok=True)
+
     def start(self, timeout: float = 10.0) -> "TgtDaemon":
+        self.end_leftover()
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -234,6 +255,8 @@ class TgtDaemon:
             )
         finally:
             log.close()
+        if self.pid_file is not None:
+            self.pid_file.write_text(f"{self.proc.pid} {self.control_port}")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -248,8 +271,15 @@ class TgtDaemon:
     def stop(self, timeout: float = 10.0) -> None:
         """tgtd ignores SIGTERM in the foreground: take it offline, delete its targets and
         the system through tgtadm; SIGKILL (its PID only) if it still runs after that."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
+        if self.proc is not None and self.proc.poll() is None:
+            self._shut_down(timeout)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+        for leftover in (SOCKET_DIR / f"socket.{self.control_port}", SOCKET_DIR / f"socket.{self.control_port}.lock"):
+            leftover.unlink(missing_ok=True)
+
+    def _shut_down(self, timeout: float) -> None:
+        assert self.proc is not None
         adm = [self.tgtadm, "-C", str(self.control_port)]
         try:
             run_command([*adm, "--op", "update", "--mode", "sys", "--name", "State", "-v", "offline"], timeout=5)
@@ -260,5 +290,3 @@ class TgtDaemon:
         except (StorageError, subprocess.TimeoutExpired):
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
-        for leftover in (SOCKET_DIR / f"socket.{self.control_port}", SOCKET_DIR / f"socket.{self.control_port}.lock"):
-            leftover.unlink(missing_ok=True)

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import httpx
 import orjson
 
+from cloudd.ops.tgt import TgtDaemon
+
 BIN = Path(sys.executable).parent
 CLOUDD = str(BIN / "cloudd")
 
@@ -122,6 +124,12 @@ class LocalCluster:
             os.kill(node.proc.pid, signal.SIGKILL)
             node.proc.wait(10)
 
+    def close(self) -> None:
+        for name in self.nodes:
+            self.kill9(name)
+        for node in self.nodes.values():  # a node's private tgtd outlives a SIGKILL: end it by its PID
+            TgtDaemon(0, "", node.data_dir / "tgtd.log", pid_file=node.data_dir / "tgtd.pid").end_leftover()
+
     def stop(self, name: str) -> None:
         node = self.nodes[name]
         if node.proc is not None and node.proc.poll() is None:
@@ -131,10 +139,6 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 node.proc.kill()
                 node.proc.wait(5)
-
-    def close(self) -> None:
-        for name in self.nodes:
-            self.kill9(name)
 
     def run_cloudd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([CLOUDD, *args], capture_output=True, text=True, timeout=60)

@@ -177,3 +177,25 @@ def test_bad_names_are_refused_before_tgtadm_runs(tgt: TgtExports, tmp_path: Pat
     with pytest.raises(StorageError):
         volume_target("../etc")
     assert calls == []
+
+
+def test_a_private_tgtd_left_by_a_killed_node_is_ended_by_the_next_start(tmp_path: Path) -> None:
+    reason = tools_missing()
+    if reason:
+        pytest.skip(reason)
+    portal = f"127.0.0.1:{free_port('127.0.0.1')}"
+    pid_file = tmp_path / "tgtd.pid"
+    first = TgtDaemon(free_control_port(), portal, tmp_path / "tgtd.log", pid_file=pid_file).start()
+    assert first.proc is not None
+    old_pid = first.proc.pid
+    # the node dies without stopping it; a new start on the same portal must still work
+    second = TgtDaemon(free_control_port(), portal, tmp_path / "tgtd.log", pid_file=pid_file).start()
+    try:
+        first.proc.wait(timeout=10)  # ended by the second start (by its recorded PID)
+        assert second.proc is not None and second.proc.pid != old_pid
+        assert pid_file.read_text().split()[0] == str(second.proc.pid)
+        exports = TgtExports(portal, control_port=second.control_port)
+        assert exports.exports() == {}
+    finally:
+        second.stop()
+    assert not pid_file.exists()
