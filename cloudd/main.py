@@ -383,6 +383,26 @@ def leave(data_dir: str) -> None:
     click.echo(f"node {config.name} left the cluster" + ("; its daemon is stopping" if stopped else ""))
 
 
+@cli.command()
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--root", default=None, hidden=True, help="Read a simulated host under this directory (tests).")
+def doctor(data_dir: str, as_json: bool, root: str | None) -> None:
+    """Check what this host supports for cloudd (KVM, libvirt, qemu, iSCSI, LVM, DRBD, LIO,
+    networking, clock, disk space, Raft peers) and what is missing. Changes nothing.
+
+    Exit code: 0 when everything is ok (or informational), 1 on a warning, 2 on a failure.
+    """
+    from cloudd.doctor import Host, exit_code, render_text, report, run_checks, worst
+
+    node, findings = run_checks(data_dir, Host.under(root) if root else Host())
+    if as_json:
+        click.echo(orjson.dumps(report(node, findings), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_text(node, findings))
+    sys.exit(exit_code(worst(findings)))
+
+
 def main() -> None:
     cli(prog_name="cloudd")
 
