@@ -17,6 +17,8 @@ else
   COMPUTE_URI=test:///default
   HYPERVISORS="libvirt's TEST driver: qemu is missing, so VMs are simulated and no guest really runs"
 fi
+# Each node exports volumes over iSCSI with a tgtd of its own (tgt from Debian).
+iscsi_args() { echo "--iscsi private-tgt --iscsi-portal 127.0.0.1:$((3260 + $1))"; }
 vnc_ports() { echo "$((5800 + 100 * $1))-$((5899 + 100 * $1))"; }
 api_addr() { echo "127.0.0.1:$((8400 + $1))"; }
 raft_addr() { echo "127.0.0.1:$((8500 + $1))"; }
@@ -72,7 +74,8 @@ PY
 
 if [ ! -f "$RUN/node1/node.json" ]; then
   "$CLOUDD" init --data-dir "$RUN/node1" --name node1 --api-addr "$(api_addr 1)" --raft-addr "$(raft_addr 1)" \
-    --cluster-name quickstart --password-file "$RUN/admin-password" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports 1)" > "$RUN/init.txt"
+    --cluster-name quickstart --password-file "$RUN/admin-password" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports 1)" \
+    $(iscsi_args 1) > "$RUN/init.txt"
 fi
 # restart every node that exists first: a lone restarted node has no quorum
 for i in $(seq 1 $NODES); do
@@ -83,7 +86,8 @@ for i in $(seq 2 $NODES); do
   if [ ! -f "$RUN/node$i/node.json" ]; then
     token=$("$CLOUDD" token --data-dir "$RUN/node1")
     "$CLOUDD" join "$(api_addr 1)" --token "$token" --data-dir "$RUN/node$i" --name "node$i" \
-      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports "$i")" > /dev/null
+      --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports "$i")" \
+      $(iscsi_args "$i") > /dev/null
     start "$i"
   fi
 done
@@ -103,6 +107,10 @@ done
 bash scripts/build-guest.sh "$RUN/guest" > /dev/null
 "$CLOUDCTL" image register tiny-disk --path "$RUN/guest/disk.qcow2" --format qcow2 --size 0.0625 --os busybox > /dev/null 2>&1 || true
 "$CLOUDCTL" image set-default tiny-disk > /dev/null
+# volumes: a file pool on every node (each node's tgtd exports them to the VM's node)
+for i in $(seq 1 $NODES); do
+  "$CLOUDCTL" storage-pool create "local$i" --node "node$i" --backend file --path "$RUN/node$i/volumes" > /dev/null 2>&1 || true
+done
 "$CLOUDCTL" cluster status
 
 cat <<TXT
@@ -113,6 +121,7 @@ cloudd is running: $NODES nodes on this machine.
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
                    $CLOUDCTL vm create web1 --flavor tiny --wait     (boots tiny-disk, the default image)
+                   $CLOUDCTL volume create data1 --size 1 --wait     (an iSCSI volume; see README: volumes)
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
   Hypervisors:     $HYPERVISORS
 TXT

@@ -16,7 +16,7 @@ import click
 import httpx
 import orjson
 
-from cloudd.config import ComputeSettings, NodeConfig, Timings, read_secret, write_secret
+from cloudd.config import ComputeSettings, NodeConfig, StorageSettings, Timings, read_secret, write_secret
 from cloudd.errors import CloudError
 from cloudd.security import generate_password, hash_password, join_proof, open_for_joiner, sign_node_request
 
@@ -69,6 +69,25 @@ def compute_settings(uri: str, domain_type: str | None, data_dir: Path, vnc_port
     if not (low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
         _fail("--vnc-ports must be a range like 5900-6899")
     return ComputeSettings(uri=uri, domain_type=domain_type, vnc_port_min=int(low), vnc_port_max=int(high))
+
+
+def storage_options(fn: Any) -> Any:
+    """--iscsi and --iscsi-portal, shared by init, join and restore."""
+    fn = click.option("--iscsi-portal", default="", help="host:port hypervisors reach this node's iSCSI exports on (default: the API host, port 3260).")(fn)
+    return click.option(
+        "--iscsi", type=click.Choice(["tgt", "private-tgt", "lio", "none"]), default="tgt", show_default=True,
+        help="How this storage node exports volumes: Debian's tgt service, a tgtd of cloudd's own, the kernel's LIO, or not at all.",
+    )(fn)
+
+
+def storage_settings(iscsi: str, portal: str) -> StorageSettings:
+    from cloudd.validate import ADDRESS_RE
+
+    if portal and not ADDRESS_RE.fullmatch(portal):
+        _fail("--iscsi-portal must be host:port")
+    if iscsi == "private-tgt":
+        return StorageSettings(export="tgt", portal=portal, private_tgtd=True)
+    return StorageSettings(export=iscsi, portal=portal)
 
 
 def _check_bindable(label: str, addr: str) -> None:
@@ -172,7 +191,8 @@ def _create_node(path: Path, config: NodeConfig, secret: str, fill: Any, what: s
 @click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor; 'embedded' for a libvirt of the node's own (no daemon); test:///default simulates one.")
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None, help="kvm (default), qemu (software/TCG) or test (with test:///default).")
 @click.option("--vnc-ports", default="5900-6899", show_default=True, help="VNC port range of this node's guests.")
-def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str) -> None:
+@storage_options
+def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
     """Create a new cluster with this node as its first voter and an admin user."""
     from cloudd.validate import ADDRESS_RE, HOSTNAME_RE, USERNAME_RE
 
@@ -199,6 +219,7 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
         roles=[r for r in roles.split(",") if r],
         timings=Timings(),
         compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
+        storage=storage_settings(iscsi, iscsi_portal),
         data_dir=str(path.resolve()),
     )
     password = generate_password()
@@ -226,7 +247,8 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
 @click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor ('embedded', test:///default).")
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
 @click.option("--vnc-ports", default="5900-6899", show_default=True)
-def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str) -> None:
+@storage_options
+def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
     """Rebuild a cluster from a backup ('cloudctl cluster backup'), this node its only voter.
 
     For when quorum is lost for good. Users, passwords, API tokens, pools, images and VMs
@@ -263,6 +285,7 @@ def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr
         roles=[r for r in roles.split(",") if r],
         timings=Timings(),
         compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
+        storage=storage_settings(iscsi, iscsi_portal),
         data_dir=str(path.resolve()),
     )
     out = _create_node(path, config, secret, _replay_backup(config, secret, doc), "restore the backup")
@@ -284,7 +307,8 @@ def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr
 @click.option("--compute-uri", default="qemu:///system", show_default=True, help="libvirt URI of this hypervisor ('embedded', test:///default).")
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
 @click.option("--vnc-ports", default="5900-6899", show_default=True, help="VNC port range of this node's guests.")
-def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str) -> None:
+@storage_options
+def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
     """Join the cluster that serves its API at ADDRESS (host:port)."""
     parts = token.strip().split(".")
     if len(parts) != 3 or parts[0] != "cdj":
@@ -323,6 +347,7 @@ def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft
         api_peers=data["api_addrs"],
         roles=[r for r in roles.split(",") if r],
         compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
+        storage=storage_settings(iscsi, iscsi_portal),
         data_dir=str(path.resolve()),
     )
     write_secret(path, secret)

@@ -246,6 +246,12 @@ class LibvirtCompute:
         return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks)
 
     def ensure_secret(self, usage_id: str, value: str) -> None:
+        if self.embed_root is not None:
+            # libvirt 9.0's embedded qemu driver fetches secrets from virtsecretd, and with an
+            # embedded secret driver open it fails ("No current identity to elevate"): no
+            # CHAP password reaches qemu, so no iSCSI volume can be attached here
+            raise ComputeError("an embedded libvirt cannot hand CHAP passwords to qemu: iSCSI volumes need libvirtd (or virtsecretd) on this node")
+
         def go(conn: libvirt.virConnect) -> None:
             try:
                 secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage_id)
