@@ -134,7 +134,9 @@ class VmReconciler:
 
     def volume_sources(self, vm: dict[str, Any], links: dict[str, dict[str, Any]]) -> dict[str, IscsiSource]:
         """The VM's volumes that are exported to this node now, as iSCSI sources."""
-        out = {}
+        out: dict[str, IscsiSource] = {}
+        if not self.driver.secrets_supported:
+            return out  # see volumes_blocked
         me = node_initiator(self.node)
         for ref in vm.get("volumes", ()):
             link = links.get(ref["id"])
@@ -144,6 +146,14 @@ class VmReconciler:
             user, _ = chap_credentials(self.cluster_secret, ref["id"])
             out[ref["id"]] = IscsiSource(host.strip("[]"), int(port), volume_target(ref["id"]), me, user)
         return out
+
+    def volumes_blocked(self, vm: dict[str, Any], links: dict[str, dict[str, Any]]) -> str | None:
+        """Why the VM's volumes exported here cannot be attached (None: they can)."""
+        me = node_initiator(self.node)
+        waiting = [ref["id"] for ref in vm.get("volumes", ()) if me in (links.get(ref["id"]) or {}).get("exported_to", [])]
+        if waiting and not self.driver.secrets_supported:
+            return f"volumes {', '.join(waiting)} cannot be attached: this node's libvirt cannot hand CHAP passwords to qemu (an embedded libvirt; run libvirtd)"
+        return None
 
     def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]] | None = None) -> DomainSpec:
         """The domain this VM should have now (no I/O: ``ensure_files`` makes its files)."""
@@ -261,7 +271,7 @@ class VmReconciler:
             await self._call(self.driver.define, spec)
             seen = DomainInfo(vm_id, "shut_off", digest=spec.digest)
         else:
-            memory.device_error = await self._update_devices(vm, images, spec, seen, memory)
+            memory.device_error = await self._update_devices(vm, images, spec, seen, memory) or self.volumes_blocked(vm, links)
         running = seen.power in ("running", "paused")
         if desired["power"] == "running":
             memory.shutdown_since = None

@@ -123,6 +123,8 @@ class ComputeDriver(Protocol):
     def reset(self, vm_id: str) -> None:
         """Hard reset a running domain."""
 
+    secrets_supported: bool  # False: no secret store that qemu can use (an embedded libvirt)
+
     def ensure_secret(self, usage_id: str, value: str) -> None:
         """Store a CHAP password as the hypervisor's secret of iSCSI usage ``usage_id``
         (idempotent; a hypervisor without a secret store may ignore it)."""

@@ -48,6 +48,8 @@ class FakeCompute:
     def watch(self, on_change: Callable[[str | None], None]) -> None:
         self.on_change = on_change
 
+    secrets_supported = True
+
     def ensure_secret(self, usage_id: str, value: str) -> None:
         self.secrets[usage_id] = value
 

@@ -245,6 +245,10 @@ class LibvirtCompute:
         vnc = int(port) if port and port.isdigit() and int(port) > 0 else None
         return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks)
 
+    @property
+    def secrets_supported(self) -> bool:
+        return self.embed_root is None
+
     def ensure_secret(self, usage_id: str, value: str) -> None:
         if self.embed_root is not None:
             # libvirt 9.0's embedded qemu driver fetches secrets from virtsecretd, and with an

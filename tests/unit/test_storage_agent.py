@@ -125,3 +125,27 @@ def test_the_vm_agent_gives_a_vm_its_volume_once_exported_to_its_node_with_the_c
     assert "protocol=\"iscsi\"" in xml and "<secret type=\"iscsi\" usage=\"iqn.2026-11.io.cloudd:volume:vo1\"" in xml
     assert "<iqn name=\"iqn.2026-11.io.cloudd:node:n1\"" in xml and "<host name=\"10.0.0.5\" port=\"3260\"" in xml
     assert chap_credentials(SECRET, "vo1")[1] not in xml  # the password only in the secret store
+
+
+def test_a_node_whose_libvirt_holds_no_secrets_reports_why_it_cannot_attach_a_volume() -> None:
+    from cloudd.ops.fake_compute import FakeCompute
+    from cloudd.reconcile import ReconcileSettings, VmReconciler
+
+    replica = with_pool()
+    replica.state.nodes["n1"]["storage"] = {"export": "tgt", "portal": "10.0.0.5:3260"}
+    env = FakeEnv(replica)
+    storage = agent(FakeVolumes(), FakeExports())
+    compute = FakeCompute()
+    compute.secrets_supported = False  # type: ignore[misc]
+    vms = VmReconciler(compute, ReconcileSettings(domain_type="test"), cluster_secret=SECRET)
+    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 1})
+    asyncio.run(storage.step(env))
+    new_vm(replica, "vm1")
+    replica.ok("vm.place", {"id": "vm1", "node": "n1"})
+    replica.ok("volume.attach", {"id": "vo1", "vm": "vm1"})
+    for _ in range(3):
+        asyncio.run(storage.step(env))
+        asyncio.run(vms.step(env))
+    vm = replica.state.vms["vm1"]
+    assert vm["state"] == "running" and "cannot hand CHAP passwords" in vm["observed"]["device_error"]
+    assert not any(d.iscsi for d in compute.defined["vm1"].disks)
