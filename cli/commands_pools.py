@@ -11,7 +11,7 @@ from cli.output import emit
 from cli.tasks import wait_for_task
 
 POOL_COLUMNS = ["name", "limits", "usage", "over", "networks", "members"]
-TASK_COLUMNS = ["id", "op", "vm_name", "state", "progress", "message", "created_at"]
+TASK_COLUMNS = ["id", "op", "vm_name", "volume_name", "state", "progress", "message", "created_at"]
 LIMIT_OPTIONS = (("vcpus", "vcpus", int, ""), ("ram", "ram_mb", int, "MiB"), ("disk", "disk_gb", float, "GB"), ("vms", "vms", int, ""), ("public-ips", "public_ips", int, ""))
 
 

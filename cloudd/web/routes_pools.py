@@ -108,11 +108,13 @@ def routes(api: Api) -> list[ApiRoute]:
         if wanted is not None and wanted not in TASK_STATES:
             raise CloudError("invalid", f"state must be one of: {', '.join(TASK_STATES)}")
         vm = request.query_params.get("vm")
+        volume = request.query_params.get("volume")
         with runtime.raft.lock:
             items = [
                 dict(t)
                 for t in reversed(runtime.raft.state.tasks.values())
                 if task_visible(t, principal) and (wanted is None or t["state"] == wanted) and (vm is None or t["vm"] == vm)
+                and (volume is None or t.get("volume") == volume)
             ]
         return json_response(page(items, request))
 
@@ -139,7 +141,7 @@ def routes(api: Api) -> list[ApiRoute]:
         ApiRoute("/api/v1/pools/{name}", pools_delete, "DELETE", Doc("Delete a pool without members", "admin", "pools", response="Named")),
         ApiRoute("/api/v1/tasks", tasks_list, "GET", Doc(
             "Tasks of long operations, newest first (a user: tasks of their VMs)", "user", "tasks", response="Task", paged=True,
-            query={"state": Param("running, succeeded, failed or superseded", {"type": "string", "enum": list(TASK_STATES)}), "vm": Param("a VM id")},
+            query={"state": Param("running, succeeded, failed or superseded", {"type": "string", "enum": list(TASK_STATES)}), "vm": Param("a VM id"), "volume": Param("a volume id")},
         )),
         ApiRoute("/api/v1/tasks/{task_id}", tasks_show, "GET", Doc("One task: state, progress 0-100, message", "owner", "tasks", response="Task")),
     ]
