@@ -43,9 +43,10 @@ def user_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     user = get_user(state, args["name"])
     if user["role"] == "admin" and sum(1 for u in state.users.values() if u["role"] == "admin") <= 1:
         raise CloudError("conflict", "cannot delete the last admin")
-    owned = sorted(vm["name"] for vm in state.vms.values() if vm["owner"] == args["name"])
-    if owned:
-        raise CloudError("conflict", f"user {args['name']} still owns VMs: {', '.join(owned[:5])}", {"vms": owned})
+    for kind, records in (("VMs", state.vms), ("volumes", state.volumes), ("images", state.images)):
+        owned = sorted(r["name"] for r in records.values() if r["owner"] == args["name"])
+        if owned:
+            raise CloudError("conflict", f"user {args['name']} still owns {kind}: {', '.join(owned[:5])}", {kind.lower(): owned})
     del state.users[args["name"]]
     for token_id in [t for t, tok in state.tokens.items() if tok["user"] == args["name"]]:
         del state.tokens[token_id]

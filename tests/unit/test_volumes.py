@@ -155,3 +155,16 @@ def test_a_failed_create_puts_the_volume_in_error_with_the_reason() -> None:
     replica.ok("volume.report", {"id": "vo1", "node": "n1", "present": False, "error": "qemu-img: no space"})
     assert replica.state.volumes["vo1"]["state"] == "error" and replica.state.tasks[task]["message"] == "qemu-img: no space"
     unchanged(replica, "volume.report", {"id": "vo1", "node": "n2", "present": True}, "conflict")
+
+
+def test_a_user_who_still_owns_volumes_or_images_cannot_be_deleted() -> None:
+    replica = with_pool()
+    created(replica)
+    error = unchanged(replica, "user.delete", {"name": "bob"}, "conflict")
+    assert "still owns volumes: data-vo1" in error["message"]
+    replica.ok("volume.delete", {"id": "vo1"})
+    replica.ok("volume.report", {"id": "vo1", "node": "n1", "present": False})
+    replica.ok("image.create", {"id": "im1", "name": "mine", "owner": "bob", "public": False, "format": "raw"})
+    assert "still owns images: mine" in unchanged(replica, "user.delete", {"name": "bob"}, "conflict")["message"]
+    replica.ok("image.delete", {"id": "im1"})
+    replica.ok("user.delete", {"name": "bob"})
