@@ -6,27 +6,16 @@ from typing import IO, Any, Callable
 
 import click
 
-from cli.client import ApiError, Client, q
+from cli.client import Client, q
 from cli.output import emit
-from cli.tasks import wait_for_task
+from cli.tasks import finish as finish_with
 
 FLAVOR_COLUMNS = ["name", "vcpus", "ram_mb", "disk_gb"]
 VM_COLUMNS = ["id", "name", "state", "node", "vcpus", "ram_mb", "disk_gb", "owner"]
 
 
 def finish(client: Client, result: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
-    """With ``--wait``: follow the answer's task to its end, then show the VM as it is
-    now (or the task, when the VM is gone)."""
-    task = result.get("task")
-    if not wait or task is None:
-        return result
-    task = wait_for_task(client, task, timeout)
-    try:
-        return client.request("GET", f"/api/v1/vms/{q(result['id'])}")
-    except ApiError as exc:
-        if exc.status == 404:
-            return task
-        raise
+    return finish_with(client, result, wait, timeout, "vms")
 
 
 def register(cli: click.Group) -> None:

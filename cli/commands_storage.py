@@ -8,22 +8,14 @@ import click
 
 from cli.client import Client, q
 from cli.output import emit
-from cli.tasks import wait_for_task
+from cli.tasks import finish as finish_with
 
 POOL_COLUMNS = ["name", "node", "backend", "config", "capacity", "error"]
 VOLUME_COLUMNS = ["id", "name", "state", "size_gb", "pool", "attached_to", "target", "owner"]
 
 
 def finish(client: Client, result: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
-    """With ``--wait``: follow the task, then show the volume (or the task once it is gone)."""
-    task = result.get("task")
-    if not wait or task is None:
-        return result
-    task = wait_for_task(client, task, timeout)
-    volume_id = task.get("volume") or result.get("id")
-    if task["op"] == "volume.delete" or not volume_id:
-        return task
-    return client.request("GET", f"/api/v1/volumes/{q(volume_id)}")
+    return finish_with(client, result, wait, timeout, "volumes")
 
 
 def register(cli: click.Group) -> None:

@@ -38,3 +38,18 @@ def wait_for_task(client: Client, task: dict[str, Any], timeout: float) -> dict[
         raise ApiError(409, f"task_{task['state']}", f"{label} {task['state']}: {task['message']}")
     return task
 
+
+
+def finish(client: Client, result: dict[str, Any], wait: bool, timeout: float, collection: str) -> dict[str, Any]:
+    """With ``--wait``: follow the answer's task to its end, then show the object
+    (``/api/v1/<collection>/<id>``) as it is now, or the task when the object is gone."""
+    task = result.get("task")
+    if not wait or task is None:
+        return result
+    task = wait_for_task(client, task, timeout)
+    try:
+        return client.request("GET", f"/api/v1/{collection}/{q(result['id'])}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return task
+        raise

@@ -90,6 +90,39 @@ def storage_settings(iscsi: str, portal: str) -> StorageSettings:
     return StorageSettings(export=iscsi, portal=portal)
 
 
+def _first_voter_config(
+    data_dir: str, name: str, cluster_id: str, api_addr: str, raft_addr: str, roles: str,
+    compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str,
+) -> NodeConfig:
+    """Check this node's name and addresses and a fresh data dir; the config of the only
+    voter of a new cluster (``init``) or of a rebuilt one (``restore``)."""
+    from cloudd.validate import ADDRESS_RE, HOSTNAME_RE
+
+    if not HOSTNAME_RE.fullmatch(name):
+        _fail("--name must be a lowercase hostname label (a-z, 0-9, -)")
+    for label, addr in (("--api-addr", api_addr), ("--raft-addr", raft_addr)):
+        if not ADDRESS_RE.fullmatch(addr):
+            _fail(f"{label} must be host:port")
+    _check_bindable("--api-addr", api_addr)
+    _check_bindable("--raft-addr", raft_addr)
+    path = Path(data_dir)
+    _check_fresh(path)
+    return NodeConfig(
+        name=name,
+        cluster_id=cluster_id,
+        api_addr=api_addr,
+        raft_addr=raft_addr,
+        membership="voter",
+        peers=[raft_addr],
+        api_peers=[api_addr],
+        roles=[r for r in roles.split(",") if r],
+        timings=Timings(),
+        compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
+        storage=storage_settings(iscsi, iscsi_portal),
+        data_dir=str(path.resolve()),
+    )
+
+
 def _check_bindable(label: str, addr: str) -> None:
     """Fail now, with a clear message, when this node could not listen on ``addr``."""
     host, port = addr.rsplit(":", 1)
@@ -194,34 +227,13 @@ def _create_node(path: Path, config: NodeConfig, secret: str, fill: Any, what: s
 @storage_options
 def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
     """Create a new cluster with this node as its first voter and an admin user."""
-    from cloudd.validate import ADDRESS_RE, HOSTNAME_RE, USERNAME_RE
+    from cloudd.validate import USERNAME_RE
 
-    if not HOSTNAME_RE.fullmatch(name):
-        _fail("--name must be a lowercase hostname label (a-z, 0-9, -)")
     if not USERNAME_RE.fullmatch(admin_name):
         _fail("--admin must be a lowercase user name")
-    for label, addr in (("--api-addr", api_addr), ("--raft-addr", raft_addr)):
-        if not ADDRESS_RE.fullmatch(addr):
-            _fail(f"{label} must be host:port")
-    _check_bindable("--api-addr", api_addr)
-    _check_bindable("--raft-addr", raft_addr)
-    path = Path(data_dir)
-    _check_fresh(path)
+    config = _first_voter_config(data_dir, name, secrets.token_hex(8), api_addr, raft_addr, roles, compute_uri, domain_type, vnc_ports, iscsi, iscsi_portal)
+    path = Path(config.data_dir)
     secret = secrets.token_urlsafe(32)
-    config = NodeConfig(
-        name=name,
-        cluster_id=secrets.token_hex(8),
-        api_addr=api_addr,
-        raft_addr=raft_addr,
-        membership="voter",
-        peers=[raft_addr],
-        api_peers=[api_addr],
-        roles=[r for r in roles.split(",") if r],
-        timings=Timings(),
-        compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
-        storage=storage_settings(iscsi, iscsi_portal),
-        data_dir=str(path.resolve()),
-    )
     password = generate_password()
     if password_file:  # before anything commits: the password must never be lost
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -257,38 +269,15 @@ def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr
     under its old name to keep its VMs. See docs/operations.md.
     """
     from cloudd.backup import check_backup
-    from cloudd.validate import ADDRESS_RE, HOSTNAME_RE
 
     try:
         doc = orjson.loads(Path(backup_file).read_bytes())
         state = check_backup(doc)
     except (ValueError, orjson.JSONDecodeError) as exc:
         _fail(f"{backup_file}: {exc}")
-    if not HOSTNAME_RE.fullmatch(name):
-        _fail("--name must be a lowercase hostname label (a-z, 0-9, -)")
-    for label, addr in (("--api-addr", api_addr), ("--raft-addr", raft_addr)):
-        if not ADDRESS_RE.fullmatch(addr):
-            _fail(f"{label} must be host:port")
-    _check_bindable("--api-addr", api_addr)
-    _check_bindable("--raft-addr", raft_addr)
-    path = Path(data_dir)
-    _check_fresh(path)
+    config = _first_voter_config(data_dir, name, state["cluster"]["id"], api_addr, raft_addr, roles, compute_uri, domain_type, vnc_ports, iscsi, iscsi_portal)
     secret = secrets.token_urlsafe(32)
-    config = NodeConfig(
-        name=name,
-        cluster_id=state["cluster"]["id"],
-        api_addr=api_addr,
-        raft_addr=raft_addr,
-        membership="voter",
-        peers=[raft_addr],
-        api_peers=[api_addr],
-        roles=[r for r in roles.split(",") if r],
-        timings=Timings(),
-        compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
-        storage=storage_settings(iscsi, iscsi_portal),
-        data_dir=str(path.resolve()),
-    )
-    out = _create_node(path, config, secret, _replay_backup(config, secret, doc), "restore the backup")
+    out = _create_node(Path(config.data_dir), config, secret, _replay_backup(config, secret, doc), "restore the backup")
     click.echo(f"cluster {config.cluster_id} restored from the backup at index {doc['applied_index']}: {out['users']} users, {out['vms']} VMs, {out['nodes']} nodes")
     click.echo(f"node {name} is its only voter; the other nodes must join again under their old names")
     click.echo(f"join token (1 h, one node): {out['join_token']}")

@@ -155,12 +155,16 @@ class LocalCluster:
         )
         assert out.returncode == 0, out.stderr
         self.password = password_file.read_text().strip()
+        return self._grow_from(first, size)
+
+    def _grow_from(self, first: Node, size: int) -> "LocalCluster":
+        """Start the first node (made by init or restore), log in, join the others."""
         self._set_timings(first)
-        self.start("node1")
-        self.wait_healthy("node1")
-        self.login("node1")
+        self.start(first.name)
+        self.wait_healthy(first.name)
+        self.login(first.name)
         for i in range(2, size + 1):
-            self.join(f"node{i}")
+            self.join(f"node{i}", via=first.name)
         self.wait_leader()
         return self
 
@@ -174,14 +178,7 @@ class LocalCluster:
         )
         assert out.returncode == 0, out.stderr
         self.password = password
-        self._set_timings(first)
-        self.start("node1")
-        self.wait_healthy("node1")
-        self.login("node1")
-        for i in range(2, size + 1):
-            self.join(f"node{i}")
-        self.wait_leader()
-        return self
+        return self._grow_from(first, size)
 
     def join(self, name: str, via: str = "node1", want: str = "auto") -> Node:
         node = self.new_node(name)

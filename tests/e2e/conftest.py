@@ -7,11 +7,14 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from cloudd.ops.libvirt_compute import LibvirtCompute
+
+if TYPE_CHECKING:
+    from cloudd.ops.tgt import TgtExports
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_CACHE = Path("/tmp/cloudd-test-guest")
@@ -60,3 +63,21 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Libvirt
                     os.kill(int(pid_file.read_text()), signal.SIGKILL)
                 except (OSError, ValueError):
                     pass
+
+
+@pytest.fixture
+def tgt(tmp_path: Path) -> Iterator["TgtExports"]:
+    """A private tgtd on loopback (ended, with its control socket, after the test)."""
+    from cloudd.ops.tgt import TgtDaemon, TgtExports, free_control_port
+    from tests.cluster.harness import free_port
+
+    for tool in ("tgtd", "tgtadm", "qemu-io", "qemu-img"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/install.sh installs tgt and qemu-utils)")
+    portal = f"127.0.0.1:{free_port('127.0.0.1')}"
+    daemon = TgtDaemon(free_control_port(), portal, tmp_path / "tgtd.log").start()
+    try:
+        yield TgtExports(portal, control_port=daemon.control_port)
+    finally:
+        daemon.stop()
+        assert daemon.proc is not None and daemon.proc.poll() is not None

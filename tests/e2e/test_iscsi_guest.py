@@ -10,7 +10,6 @@ embedded driver cannot hand a CHAP secret to qemu, so nodes with an embedded lib
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -20,10 +19,9 @@ from cloudd.ops.file_volumes import FileVolumes
 from cloudd.ops.compute import ComputeError
 from cloudd.ops.libvirt_compute import LibvirtCompute
 from cloudd.ops.local_disk import LocalDisks
-from cloudd.ops.tgt import TgtDaemon, TgtExports, free_control_port
+from cloudd.ops.tgt import TgtExports
 from cloudd.reconcile import ImagesByPath, ReconcileSettings, VmReconciler
 from cloudd.storage_agent import StorageReconciler
-from tests.cluster.harness import free_port
 from tests.e2e.guest_helpers import serial, wait_for
 from tests.e2e.libvirtd import PrivateLibvirtd, libvirtd_missing
 from tests.fake_env import FakeEnv
@@ -32,18 +30,6 @@ from tests.unit.test_volumes import GIB, with_pool
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 SECRET = "e2e-cluster-secret"
 VNC = (7100, 7149)
-
-
-@pytest.fixture
-def tgt(tmp_path: Path) -> Iterator[TgtExports]:
-    if shutil.which("tgtd") is None:
-        pytest.skip("tgtd is not installed (scripts/install.sh installs tgt)")
-    portal = f"127.0.0.1:{free_port('127.0.0.1')}"
-    daemon = TgtDaemon(free_control_port(), portal, tmp_path / "tgtd.log").start()
-    try:
-        yield TgtExports(portal, control_port=daemon.control_port)
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,20 +26,6 @@ def tools_missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (scripts/install.sh installs tgt and qemu-utils)"
     return None
-
-
-@pytest.fixture
-def tgt(tmp_path: Path) -> Iterator[TgtExports]:
-    reason = tools_missing()
-    if reason:
-        pytest.skip(reason)
-    portal = f"127.0.0.1:{free_port('127.0.0.1')}"
-    daemon = TgtDaemon(free_control_port(), portal, tmp_path / "tgtd.log").start()
-    try:
-        yield TgtExports(portal, control_port=daemon.control_port)
-    finally:
-        daemon.stop()
-        assert daemon.proc is not None and daemon.proc.poll() is not None
 
 
 def io(exports: TgtExports, target: str, initiator: str, *commands: str, password: str = PASSWORD, user: str = "vol-user") -> subprocess.CompletedProcess[str]:
