@@ -8,6 +8,7 @@ temporary directory.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,9 +32,19 @@ FAST_TIMINGS = {"heartbeat_interval": 0.5, "suspect_after": 2.0, "down_after": 4
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port to listen on later, below the kernel's ephemeral range (32768-60999 by
+    default): a port the kernel hands out itself can be taken by an outgoing connection
+    before the node binds it (seen: a node failing with 'address already in use')."""
+    for _ in range(200):
+        port = random.randrange(10_000, 32_768)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port on {host}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
