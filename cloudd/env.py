@@ -17,6 +17,7 @@ from cloudd.raft.node import ReplicatedState
 from cloudd.raft.proposer import Proposer
 
 if TYPE_CHECKING:
+    from cloudd.network_agent import NetworkView
     from cloudd.storage_agent import StorageView
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class Env(Protocol):
     def volume_links(self, node: str) -> dict[str, dict[str, Any]]:
         """The volumes attached to VMs on ``node``: where each is served (the storage
         node's iSCSI portal) and to whom it is exported now."""
+
+    def network_view(self, node: str) -> "NetworkView":
+        """The networks and ports of the VMs on ``node``, and the other nodes hosting them."""
 
     def images(self) -> dict[str, dict[str, Any]]:
         """A copy of the image records."""
@@ -105,6 +109,12 @@ class RaftEnv:
     def volume_links(self, node: str) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return volume_links_of(self.raft.state, node)
+
+    def network_view(self, node: str) -> "NetworkView":
+        from cloudd.network_agent import network_view_of
+
+        with self.raft.lock:
+            return network_view_of(self.raft.state, node)
 
     def images(self) -> dict[str, dict[str, Any]]:
         with self.raft.lock:

@@ -23,6 +23,7 @@ from cloudd.env import Env, try_propose
 from cloudd.ops.cloudinit import write_seed
 from cloudd.ops.compute import ComputeDriver, ComputeError, DomainInfo, DomainSpec, IscsiSource
 from cloudd.ops.local_disk import LocalDisks
+from cloudd.network_agent import NetworkView, nic_specs
 from cloudd.ops.storage import node_initiator, volume_target
 from cloudd.storage_agent import chap_credentials
 from cloudd.vm_layout import VmLayout, hot_pluggable, seed_data
@@ -42,6 +43,7 @@ class ReconcileSettings:
     swap_dir: str = ""  # the node's local fast storage; "" = vm_dir
     usage_interval_s: float = 30.0
     unplug_retry_s: float = 60.0
+    net_prefix: str = "cd"  # device names of this node's bridges and taps (see cloudd.ops.network)
 
 
 @dataclass
@@ -155,7 +157,9 @@ class VmReconciler:
             return f"volumes {', '.join(waiting)} cannot be attached: this node's libvirt cannot hand CHAP passwords to qemu (an embedded libvirt; run libvirtd)"
         return None
 
-    def spec(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]] | None = None) -> DomainSpec:
+    def spec(
+        self, vm: dict[str, Any], images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]] | None = None, nets: NetworkView | None = None
+    ) -> DomainSpec:
         """The domain this VM should have now (no I/O: ``ensure_files`` makes its files)."""
         image = images.get(vm.get("image") or "")
         boot: dict[str, str] = {}
@@ -168,7 +172,8 @@ class VmReconciler:
                 raise ComputeError(f"ISO image {vm['iso']} is gone")
             iso_path = self.image_source.path_of(iso)
         volumes = self.volume_sources(vm, links or {})
-        return self.layout.spec(vm, boot, iso_path, volumes, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen)
+        nics = nic_specs(nets, vm["id"], self.settings.net_prefix) if nets is not None else ()
+        return self.layout.spec(vm, boot, iso_path, volumes, domain_type=self.settings.domain_type, vnc_listen=self.settings.vnc_listen, interfaces=nics)
 
     async def ensure_files(self, vm: dict[str, Any], images: dict[str, dict[str, Any]], offline: bool = True) -> None:
         """Create every file the VM's domain refers to (each step idempotent); while the
@@ -220,6 +225,7 @@ class VmReconciler:
         mine = env.vms_on(env.node_name)
         images = env.images() if mine else {}
         links = env.volume_links(env.node_name) if mine else {}
+        nets = env.network_view(env.node_name) if mine else NetworkView()
         try:
             actual = await self._call(self.driver.domains)
         except ComputeError as exc:
@@ -229,7 +235,7 @@ class VmReconciler:
             memory = self.memory.setdefault(vm_id, VmMemory())
             error = None
             try:
-                await self._converge(env, vm, actual.get(vm_id), memory, images, links)
+                await self._converge(env, vm, actual.get(vm_id), memory, images, links, nets)
             except ComputeError as exc:
                 if exc.transient:
                     log.warning("VM %s: %s (will retry)", vm["name"], exc)
@@ -249,7 +255,14 @@ class VmReconciler:
             log.debug("domains not assigned to this node (left alone): %s", ", ".join(strangers))
 
     async def _converge(
-        self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]]
+        self,
+        env: Env,
+        vm: dict[str, Any],
+        seen: DomainInfo | None,
+        memory: VmMemory,
+        images: dict[str, dict[str, Any]],
+        links: dict[str, dict[str, Any]],
+        nets: NetworkView,
     ) -> None:
         vm_id, state, desired = vm["id"], vm["state"], vm["desired"]
         if state == "deleting":
@@ -260,7 +273,7 @@ class VmReconciler:
         if state in ("pending", "migrating", "error") and seen is None:
             return
         repair = self.settings.drift == "repair" or state in ("creating", "starting", "stopping")
-        spec = self.spec(vm, images, links)
+        spec = self.spec(vm, images, links, nets)
         if seen is None:
             if state != "creating":
                 log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
@@ -332,7 +345,7 @@ class VmReconciler:
         wanted = {d.target: d for d in spec.disks if hot_pluggable(d.target)}
         now = time.monotonic()
         for target in list(memory.unplug_asked):
-            if target not in seen.live_disks:
+            if (target[4:] not in seen.live_nics) if target.startswith("nic:") else (target not in seen.live_disks):
                 del memory.unplug_asked[target]  # gone
         for target, path in sorted(seen.live_disks.items()):
             if not hot_pluggable(target) or (target in wanted and (not path or path == wanted[target].path)):
@@ -349,18 +362,36 @@ class VmReconciler:
             if target not in seen.live_disks:
                 log.info("VM %s: plugging in %s (%s)", spec.name, target, Path(disk.path).name)
                 await self._call(self.driver.attach_live, spec.vm_id, disk)
+        nics = {nic.mac: nic for nic in spec.interfaces}
+        for mac in sorted(set(seen.live_nics) - set(nics)):
+            key = f"nic:{mac}"
+            asked = memory.unplug_asked.get(key)
+            if asked is not None and now - asked < self.settings.unplug_retry_s:
+                continue
+            log.info("VM %s: unplugging the NIC %s", spec.name, mac)
+            memory.unplug_asked[key] = now
+            await self._call(self.driver.detach_nic_live, spec.vm_id, mac)
+        for mac, nic in sorted(nics.items()):
+            memory.unplug_asked.pop(f"nic:{mac}", None)
+            if mac not in seen.live_nics:
+                log.info("VM %s: plugging in the NIC %s on %s", spec.name, mac, nic.bridge)
+                await self._call(self.driver.attach_nic_live, spec.vm_id, nic)
 
     async def _report(self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, memory: VmMemory, error: str | None) -> None:
         power = seen.power if seen else "absent"
         vnc = seen.vnc_port if seen else None
         disks = sorted(seen.live_disks) if seen else []
+        nics = sorted(seen.live_nics) if seen else []
         observed = vm.get("observed") or {}
-        news = (observed.get("power"), observed.get("error"), observed.get("vnc_port"), observed.get("disks", []), observed.get("device_error")) != (power, error, vnc, disks, memory.device_error)
+        was = (observed.get("power"), observed.get("error"), observed.get("vnc_port"), observed.get("disks", []), observed.get("nics", []), observed.get("device_error"))
+        news = was != (power, error, vnc, disks, nics, memory.device_error)
         acknowledges = vm["desired"]["action"] is not None and memory.action_done >= vm["desired"]["action_seq"]
         usage = await self._sample_usage(env, vm, power, memory)
         if not (news or acknowledges or error or usage or would_move(vm, power)):
             return
-        args: dict[str, Any] = {"id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc, "disks": disks, "device_error": memory.device_error}
+        args: dict[str, Any] = {
+            "id": vm["id"], "node": env.node_name, "power": power, "error": error, "vnc_port": vnc, "disks": disks, "nics": nics, "device_error": memory.device_error,
+        }
         if usage:
             args["usage"] = usage
         if memory.action_done:

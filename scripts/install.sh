@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev
       qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu busybox-static
       fdisk dosfstools mtools syslinux syslinux-common isolinux genisoimage
-      tgt qemu-block-extra)
+      tgt qemu-block-extra nftables dnsmasq-base iproute2)
 
 missing=()
 for pkg in "${DEBS[@]}"; do

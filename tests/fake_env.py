@@ -50,6 +50,11 @@ class FakeEnv:
 
         return storage_view_of(self.replica.state, node)
 
+    def network_view(self, node: str) -> Any:
+        from cloudd.network_agent import network_view_of
+
+        return network_view_of(self.replica.state, node)
+
     def images(self) -> dict[str, dict[str, Any]]:
         return {n: dict(v) for n, v in self.replica.state.images.items()}
 

@@ -14,6 +14,7 @@ from cloudd.alloc.placement import demand_of, eligible, fits, largest_possible, 
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
+from cloudd.commands.networks import MAC_RE, MAX_PORTS_PER_VM, NIC, new_ports, release_vm_ports
 from cloudd.commands.pools import Usage, check_quota
 from cloudd.model.attachments import released_by, vm_volumes_released
 from cloudd.model.state import State
@@ -87,6 +88,7 @@ def flavor_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
         "vnc_password": Field("str", pattern=re.compile(r"^[A-Za-z0-9]{8}$"), required=False),
         "swap_mb": SWAP_MB,
         "iso": Field("str", pattern=OBJECT_ID.pattern, required=False),
+        "networks": Field("list", max_len=MAX_PORTS_PER_VM, item=NIC, required=False),
     },
     target="id",
     volatile=("vnc_password",),
@@ -159,7 +161,10 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "created_at": ctx.ts,
         "tasks": [],
     }
+    ports = new_ports(state, ctx, vm, args.get("networks", []), 0)
     state.add_vm(vm)
+    for port in ports:
+        state.ports[port["id"]] = port
     task = open_task(state, ctx, "vm.create", vm, power=vm["desired"]["power"])
     return {"id": vm["id"], "name": vm["name"], "state": vm["state"], "task": dict(task)}
 
@@ -270,6 +275,7 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         state.remove_vm(vm["id"])
         vm_gone(state, vm, ctx.ts)
         vm_volumes_released(state, vm, ctx.ts)
+        release_vm_ports(state, vm["id"])
         return {"id": vm["id"], "state": "deleted", "task": dict(task)}
     move(vm, "deleting", ctx.ts, "delete requested")
     task = open_task(state, ctx, "vm.delete", vm)
@@ -286,6 +292,7 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "vnc_port": Field("int", min=0, max=65535, nullable=True, required=False),
         "action_seq": Field("int", min=0, required=False),
         "disks": Field("list", max_len=32, item=Field("str", pattern=DISK_TARGET_RE), required=False),
+        "nics": Field("list", max_len=32, item=Field("str", pattern=MAC_RE), required=False),  # MACs plugged in now
         # a disk or ISO change that failed: shown, but the VM keeps its lifecycle state
         "device_error": Field("str", max_len=1000, nullable=True, required=False),
         "usage": Field(
@@ -315,6 +322,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "error": error,
         "vnc_port": args.get("vnc_port"),
         "disks": args.get("disks", []),
+        "nics": args.get("nics", []),
         "device_error": args.get("device_error"),
     }
     if "usage" in args:
@@ -329,6 +337,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
             state.remove_vm(vm["id"])
             vm_gone(state, vm, ctx.ts)
             vm_volumes_released(state, vm, ctx.ts)
+            release_vm_ports(state, vm["id"])
             return {"id": args["id"], "state": "deleted"}
         return {"id": vm["id"], "state": now}
     if error:

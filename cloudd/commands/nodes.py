@@ -38,6 +38,8 @@ USAGE = {
         "inventory": Field("obj", spec=INVENTORY),
         "version": Field("str", max_len=32, required=False),
         "storage": Field("obj", required=False, spec={"export": Field("str", choices=("tgt", "lio", "none")), "portal": Field("str", pattern=ADDRESS_RE)}),
+        # where other hypervisors send this node's VXLAN traffic (underlay address:UDP port)
+        "network": Field("obj", required=False, spec={"underlay": Field("str", pattern=ADDRESS_RE)}),
     },
 )
 def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +52,7 @@ def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     node["inventory"] = args["inventory"]
     node["version"] = args.get("version")
     node["storage"] = args.get("storage")  # where hypervisors reach this node's iSCSI exports
+    node["network"] = args.get("network")
     node["registered_at"] = ctx.ts
     return {"name": node["name"], "lease_seq": node["lease_seq"]}
 

@@ -19,6 +19,7 @@ from cloudd.alloc.placement import vm_disk_gb
 from cloudd.commands.common import USER_NAME, get_user, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
+from cloudd.model.networks import public_ip_count
 from cloudd.model.state import State
 from cloudd.validate import Field
 
@@ -68,11 +69,12 @@ def members(state: State, pool: str) -> list[str]:
 
 
 def pool_usage(state: State, pool: str) -> Usage:
-    """Everything the pool's members own now: VMs, their disks and volumes (public IPs
-    arrive with networks)."""
+    """Everything the pool's members own now: VMs, their disks, volumes, and addresses on
+    public networks."""
     who = set(members(state, pool))
     volumes = sum(v["size_gb"] for v in state.volumes.values() if v["owner"] in who)
-    return usage_of_vms(vm for vm in state.vms.values() if vm["owner"] in who) + Usage(disk_gb=volumes)
+    vms = usage_of_vms(vm for vm in state.vms.values() if vm["owner"] in who)
+    return vms + Usage(disk_gb=volumes, public_ips=public_ip_count(state, who))
 
 
 def check_quota(state: State, owner: str, extra: Usage) -> None:

@@ -35,6 +35,8 @@ RECORDS: dict[str, tuple[str, dict[str, str]]] = {
     "tasks": ("id", {"id": "str", "op": "str", "owner": "str", "state": "str", "progress": "int"}),
     "storage_pools": ("name", {"name": "str", "node": "str", "backend": "str", "config": "dict"}),
     "volumes": ("id", {"id": "str", "name": "str", "owner": "str", "pool": "str", "node": "str", "size_gb": "num", "state": "str", "attached_to": "any", "observed": "dict"}),
+    "networks": ("id", {"id": "str", "name": "str", "owner": "any", "segment": "str", "segment_id": "int", "subnet": "str", "dhcp_ip": "str", "pool": "dict"}),
+    "ports": ("id", {"id": "str", "vm": "str", "owner": "str", "network": "str", "mac": "str", "ips": "list", "slot": "int"}),
     "vms": ("id", {
         "id": "str", "name": "str", "owner": "str", "state": "str", "node": "any", "vcpus": "int", "ram_mb": "int",
         "disk_gb": "num", "desired": "dict", "observed": "dict", "disks": "list",
@@ -148,6 +150,9 @@ def _check_references(state: State) -> None:
     problems += [f"volumes[{vid}] belongs to unknown user {v['owner']}" for vid, v in state.volumes.items() if v["owner"] not in state.users]
     problems += [f"volumes[{vid}] is in unknown storage pool {v['pool']}" for vid, v in state.volumes.items() if v["pool"] not in state.storage_pools]
     problems += [f"volumes[{vid}] is attached to unknown VM {v['attached_to']}" for vid, v in state.volumes.items() if v["attached_to"] and v["attached_to"] not in state.vms]
+    problems += [f"networks[{nid}] belongs to unknown user {n['owner']}" for nid, n in state.networks.items() if n["owner"] is not None and n["owner"] not in state.users]
+    problems += [f"ports[{pid}] is on unknown network {p['network']}" for pid, p in state.ports.items() if p["network"] not in state.networks]
+    problems += [f"ports[{pid}] belongs to unknown VM {p['vm']}" for pid, p in state.ports.items() if p["vm"] not in state.vms]
     problems += [f"storage_pools[{name}] is on unknown node {p['node']}" for name, p in state.storage_pools.items() if p["node"] not in state.nodes]
     if not any(u["role"] == "admin" and not u.get("disabled") for u in state.users.values()):
         problems.append("no enabled admin user")

@@ -20,7 +20,7 @@ EVENT_RETENTION = 10_000
 REQUEST_RETENTION = 50_000
 REQUEST_MAX_AGE_S = 6 * 3600.0
 
-DOMAIN_KEYS = ("cluster", "nodes", "users", "tokens", "join_tokens", "flavors", "images", "vms", "pools", "tasks", "storage_pools", "volumes")
+DOMAIN_KEYS = ("cluster", "nodes", "users", "tokens", "join_tokens", "flavors", "images", "vms", "pools", "tasks", "storage_pools", "volumes", "networks", "ports")
 
 
 class State:
@@ -39,6 +39,8 @@ class State:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.storage_pools: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.ports: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.event_seq = 0

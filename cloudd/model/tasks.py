@@ -172,21 +172,22 @@ def _evaluate(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:
         else:
             _progress(task, 50, f"asked on {vm['node']}", ts)
         return
-    if op in ("vm.disk.add", "vm.disk.remove", "vm.iso.attach", "vm.iso.detach", "vm.volume.attach", "vm.volume.detach"):
+    if op in ("vm.disk.add", "vm.disk.remove", "vm.iso.attach", "vm.iso.detach", "vm.volume.attach", "vm.volume.detach", "vm.nic.attach", "vm.nic.detach"):
         _evaluate_device(task, vm, ts)
         return
     _finish(task, "succeeded", "recorded; applied at the next start", ts)
 
 
 def _evaluate_device(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:
-    """A device change is done when a running guest shows it (``observed.disks``); a VM
-    that does not run gets it in its definition at the next start."""
+    """A device change is done when a running guest shows it (``observed.disks``, or
+    ``observed.nics`` by MAC); a VM that does not run gets it in its definition at the
+    next start."""
     target = task["detail"].get("target")
     if vm["state"] != "running" or vm["observed"].get("power") != "running":
         _finish(task, "succeeded", "recorded; applied at the next start", ts)
         return
-    live = vm["observed"].get("disks") or []
-    wanted = task["op"] in ("vm.disk.add", "vm.iso.attach", "vm.volume.attach")
+    live = vm["observed"].get("nics" if task["op"].startswith("vm.nic.") else "disks") or []
+    wanted = task["op"] in ("vm.disk.add", "vm.iso.attach", "vm.volume.attach", "vm.nic.attach")
     if (target in live) == wanted:
         _finish(task, "succeeded", f"{target} {'plugged in' if wanted else 'unplugged'}", ts)
     elif vm["observed"].get("device_error"):

@@ -59,6 +59,17 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """One NIC: a tap named ``tap`` (libvirt creates it) in the Linux bridge ``bridge``,
+    with the port's ``mac``; the node's network agent filters traffic by the tap's name."""
+
+    mac: str
+    bridge: str
+    tap: str
+    model: str = "virtio"
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     """Everything needed to define one VM's domain."""
 
@@ -72,7 +83,7 @@ class DomainSpec:
     vnc_password: str | None = None
     serial_log: str | None = None
     machine: str | None = None
-    interfaces: tuple[str, ...] = field(default_factory=tuple)  # bridge names (network issue)
+    interfaces: tuple[NicSpec, ...] = field(default_factory=tuple)  # in the order the guest sees them
     kernel: str | None = None  # direct kernel boot (test guests); None boots from the disk
     initrd: str | None = None
     cmdline: str | None = None
@@ -95,6 +106,7 @@ class DomainInfo:
     vnc_port: int | None = None
     digest: str | None = None  # DomainSpec.digest of the persistent definition
     live_disks: dict[str, str] = field(default_factory=dict)  # target -> source path, while running
+    live_nics: dict[str, str] = field(default_factory=dict)  # MAC -> tap, while running
 
 
 class ComputeDriver(Protocol):
@@ -144,6 +156,12 @@ class ComputeDriver(Protocol):
     def detach_live(self, vm_id: str, target: str) -> None:
         """Hot-unplug the disk at ``target``; no-op when absent. A virtio-blk unplug needs
         the guest's consent and completes later: the next ``domains()`` tells."""
+
+    def attach_nic_live(self, vm_id: str, nic: NicSpec) -> None:
+        """Hot-plug ``nic`` into the running domain; no-op when its MAC is there already."""
+
+    def detach_nic_live(self, vm_id: str, mac: str) -> None:
+        """Hot-unplug the NIC with ``mac``; no-op when absent (completes when the guest lets go)."""
 
     def undefine(self, vm_id: str) -> None:
         """Remove the definition (forcing it off first); no-op when absent."""

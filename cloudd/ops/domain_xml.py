@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 
-from cloudd.ops.compute import DiskSpec, DomainSpec
+from cloudd.ops.compute import DiskSpec, DomainSpec, NicSpec
 
 CLOUDD_NS = "https://cloudd.dev/xmlns/domain/1"
 
@@ -60,10 +60,8 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(devices, "controller", type="scsi", model="virtio-scsi", index="0")
     for disk in spec.disks:
         devices.append(disk_element(disk))
-    for bridge in spec.interfaces:
-        nic = _sub(devices, "interface", type="bridge")
-        _sub(nic, "source", bridge=bridge)
-        _sub(nic, "model", type="virtio")
+    for nic in spec.interfaces:
+        devices.append(interface_element(nic))
     serial = _sub(devices, "serial", type="pty")
     if spec.serial_log:
         _sub(serial, "log", file=spec.serial_log, append="off")
@@ -104,6 +102,20 @@ def disk_xml(disk: DiskSpec) -> str:
     """One ``<disk>`` device, for hot-plugging (its boot order applies from the next start,
     through the persistent definition)."""
     return ET.tostring(disk_element(disk, boot=False), encoding="unicode")
+
+
+def interface_element(nic: NicSpec) -> ET.Element:
+    """A NIC as a tap in a Linux bridge: libvirt creates the tap named ``nic.tap``."""
+    element = ET.Element("interface", type="bridge")
+    _sub(element, "mac", address=nic.mac)
+    _sub(element, "source", bridge=nic.bridge)
+    _sub(element, "target", dev=nic.tap)
+    _sub(element, "model", type=nic.model)
+    return element
+
+
+def interface_xml(nic: NicSpec) -> str:
+    return ET.tostring(interface_element(nic), encoding="unicode")
 
 
 def digest_of(xml: str) -> str | None:

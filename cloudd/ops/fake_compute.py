@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from cloudd.ops.compute import ComputeError, DiskSpec, DomainInfo, DomainSpec
+from cloudd.ops.compute import ComputeError, DiskSpec, DomainInfo, DomainSpec, NicSpec
 
 
 class FakeCompute:
@@ -16,6 +16,7 @@ class FakeCompute:
         self.releases_unplugged = releases_unplugged  # False: a guest that never lets go of a disk
         self.defined: dict[str, DomainSpec] = {}
         self.live: dict[str, dict[str, str]] = {}  # running domains: target -> path
+        self.live_nics: dict[str, dict[str, str]] = {}  # running domains: MAC -> tap
         self.secrets: dict[str, str] = {}  # iSCSI usage id -> CHAP password
         self.hotplug = hotplug
         self.on_change: Callable[[str | None], None] | None = None
@@ -42,7 +43,10 @@ class FakeCompute:
         out = {}
         for vm_id, spec in self.defined.items():
             running = self.power[vm_id] == "running"
-            out[vm_id] = DomainInfo(vm_id, self.power[vm_id], 5900 if running else None, spec.digest, dict(self.live.get(vm_id, {})) if running else {})
+            out[vm_id] = DomainInfo(
+                vm_id, self.power[vm_id], 5900 if running else None, spec.digest,
+                dict(self.live.get(vm_id, {})) if running else {}, dict(self.live_nics.get(vm_id, {})) if running else {},
+            )
         return out
 
     def watch(self, on_change: Callable[[str | None], None]) -> None:
@@ -63,6 +67,7 @@ class FakeCompute:
         self._need(vm_id)
         if self.power[vm_id] != "running":
             self.live[vm_id] = {d.target: d.path for d in self.defined[vm_id].disks}
+            self.live_nics[vm_id] = {n.mac: n.tap for n in self.defined[vm_id].interfaces}
         self.power[vm_id] = "running"
 
     def attach_live(self, vm_id: str, disk: DiskSpec) -> None:
@@ -76,6 +81,18 @@ class FakeCompute:
         self._need(vm_id)
         if self.power[vm_id] == "running" and self.releases_unplugged:
             self.live[vm_id].pop(target, None)
+
+    def attach_nic_live(self, vm_id: str, nic: NicSpec) -> None:
+        self._call("attach_nic_live", vm_id)
+        self._need(vm_id)
+        if self.power[vm_id] == "running":
+            self.live_nics[vm_id].setdefault(nic.mac, nic.tap)
+
+    def detach_nic_live(self, vm_id: str, mac: str) -> None:
+        self._call("detach_nic_live", vm_id)
+        self._need(vm_id)
+        if self.power[vm_id] == "running":
+            self.live_nics[vm_id].pop(mac, None)
 
     def shutdown(self, vm_id: str) -> None:
         self._call("shutdown", vm_id)
@@ -103,6 +120,7 @@ class FakeCompute:
         self.defined.pop(vm_id, None)
         self.power.pop(vm_id, None)
         self.live.pop(vm_id, None)
+        self.live_nics.pop(vm_id, None)
 
     def usage(self, vm_id: str) -> dict[str, float]:
         if self.power.get(vm_id) != "running":

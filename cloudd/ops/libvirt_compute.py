@@ -17,8 +17,8 @@ from typing import Any, Callable, TypeVar
 
 import libvirt
 
-from cloudd.ops.compute import DOMAIN_PREFIX, ComputeError, DiskSpec, DomainInfo, DomainSpec
-from cloudd.ops.domain_xml import digest_of, disk_xml, domain_xml
+from cloudd.ops.compute import DOMAIN_PREFIX, ComputeError, DiskSpec, DomainInfo, DomainSpec, NicSpec
+from cloudd.ops.domain_xml import digest_of, disk_xml, domain_xml, interface_xml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -242,8 +242,13 @@ class LibvirtCompute:
             target, source = disk.find("target"), disk.find("source")
             if target is not None and target.get("dev"):
                 disks[str(target.get("dev"))] = source_path(source)
+        nics = {}
+        for nic in live.findall("./devices/interface"):
+            mac, target = nic.find("mac"), nic.find("target")
+            if mac is not None and mac.get("address"):
+                nics[str(mac.get("address")).lower()] = str(target.get("dev")) if target is not None else ""
         vnc = int(port) if port and port.isdigit() and int(port) > 0 else None
-        return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks)
+        return DomainInfo(vm_id, power, vnc if power == "running" else None, digest, disks, nics)
 
     @property
     def secrets_supported(self) -> bool:
@@ -339,6 +344,32 @@ class LibvirtCompute:
                 dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
         self._run(f"detaching {target} from {DOMAIN_PREFIX}{vm_id}", go)
+
+    def attach_nic_live(self, vm_id: str, nic: NicSpec) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._need(conn, vm_id)
+            if not dom.isActive() or self._live_nic(dom, nic.mac) is not None:
+                return
+            dom.attachDeviceFlags(interface_xml(nic), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        self._run(f"attaching the NIC {nic.mac} to {DOMAIN_PREFIX}{vm_id}", go)
+
+    def detach_nic_live(self, vm_id: str, mac: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._need(conn, vm_id)
+            element = self._live_nic(dom, mac) if dom.isActive() else None
+            if element is not None:
+                dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        self._run(f"detaching the NIC {mac} from {DOMAIN_PREFIX}{vm_id}", go)
+
+    @staticmethod
+    def _live_nic(dom: libvirt.virDomain, mac: str) -> ET.Element | None:
+        for nic in ET.fromstring(dom.XMLDesc(0)).findall("./devices/interface"):
+            element = nic.find("mac")
+            if element is not None and str(element.get("address", "")).lower() == mac.lower():
+                return nic
+        return None
 
     @staticmethod
     def _live_target(dom: libvirt.virDomain, target: str) -> ET.Element | None:

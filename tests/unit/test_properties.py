@@ -10,10 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudd.commands import REGISTRY, apply_command, make_command
+from cloudd.model.networks import derived_id
 from tests.factories import PW_HASH, Replica, init_args
 
 NAMES = st.sampled_from(["n1", "n2", "n3", "bob", "admin", "x"])
 VM_IDS = st.sampled_from(["v1", "v2"])
+NET_IDS = st.sampled_from(["0000aaaa", "0000bbbb"])
+PORT_IDS = st.sampled_from([derived_id(f"{vm}:{slot}", ()) for vm in ("v1", "v2") for slot in range(3)] + ["ffffffff"])
+NIC_ARGS = st.fixed_dictionaries({"network": NET_IDS}, optional={"ip": st.sampled_from(["10.0.0.5", "10.0.0.1", "10.0.1.9", "x"]), "mac": st.sampled_from(["52:54:00:00:00:01", "01:00:5e:00:00:01"]), "profile": st.sampled_from(["open", "ssh"])})
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5))
 
 ARGS: dict[str, Any] = {
@@ -98,6 +102,7 @@ ARGS: dict[str, Any] = {
             "power": st.sampled_from(["running", "stopped"]),
             "swap_mb": st.integers(-1, 4096),
             "iso": st.sampled_from(["i1", "i2"]),
+            "networks": st.lists(NIC_ARGS, max_size=3),
         },
         ),
     ),
@@ -170,7 +175,30 @@ ARGS: dict[str, Any] = {
     ),
     "vm.report": st.fixed_dictionaries(
         {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
-        optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3)},
+        optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3), "nics": st.lists(st.just("52:54:00:00:00:01"), max_size=1)},
+    ),
+    "network.create": st.fixed_dictionaries(
+        {"id": NET_IDS, "name": st.sampled_from(["lan", "wan"]), "subnet": st.sampled_from(["10.0.0.0/24", "10.0.0.0/16", "10.0.0.128/25", "10.0.1.0/24", "300.1.1.0/24", "10.0.0.0/30"])},
+        optional={
+            "owner": st.sampled_from(["bob", "x", None]),
+            "gateway": st.sampled_from(["10.0.0.1", "10.0.1.1", None]),
+            "pool_start": st.sampled_from(["10.0.0.10", "10.0.1.10"]),
+            "pool_end": st.sampled_from(["10.0.0.12", "10.0.0.254"]),
+            "segment": st.sampled_from(["vxlan", "vlan"]),
+            "segment_id": st.integers(1, 5000),
+            "uplink": st.just("eth0"),
+            "ipv6_prefix": st.sampled_from(["2001:db8::/64", "2001:db8::/48"]),
+        },
+    ),
+    "network.update": st.fixed_dictionaries({"id": NET_IDS}, optional={"name": st.sampled_from(["lan", "wan"]), "dhcp": st.booleans(), "profile": st.sampled_from(["web", "closed"])}),
+    "network.delete": st.fixed_dictionaries({"id": NET_IDS}),
+    "vm.nic.attach": st.fixed_dictionaries({"id": VM_IDS, "network": NET_IDS}, optional={"ip": st.sampled_from(["10.0.0.5", "10.0.0.11"]), "mac": st.sampled_from(["52:54:00:00:00:01"])}),
+    "vm.nic.detach": st.fixed_dictionaries({"id": VM_IDS, "port": PORT_IDS}),
+    "port.update": st.fixed_dictionaries({"id": PORT_IDS, "profile": st.sampled_from(["open", "web", "ssh", "closed"])}),
+    "port.ip.assign": st.fixed_dictionaries({"id": PORT_IDS}, optional={"ip": st.sampled_from(["10.0.0.5", "10.0.0.6", "10.0.0.0"])}),
+    "port.ip.unassign": st.fixed_dictionaries({"id": PORT_IDS, "ip": st.sampled_from(["10.0.0.5", "10.0.0.10", "10.0.0.11"])}),
+    "port.report": st.fixed_dictionaries(
+        {"node": st.sampled_from(["n1", "n2"]), "ports": st.dictionaries(PORT_IDS, st.just({"tx_bytes": 1, "tx_packets": 1, "rx_bytes": 2, "rx_packets": 2, "dropped_packets": 0}), max_size=2)}
     ),
 }
 
@@ -207,6 +235,14 @@ def test_two_replicas_applying_the_same_commands_agree(cmds: list[tuple[str, dic
         assert first.apply(raw) == second.apply(raw)
     assert first.state.digest() == second.state.digest()
     assert first.state.applied_chain == second.state.applied_chain
+    # ports: unique MACs and addresses, never on a missing VM or network, never reserved
+    ports = list(first.state.ports.values())
+    assert len({p["mac"] for p in ports}) == len(ports)
+    for net_id, network in first.state.networks.items():
+        held = [ip for p in ports if p["network"] == net_id for ip in p["ips"]]
+        assert len(held) == len(set(held))
+        assert not set(held) & {network["dhcp_ip"], network["gateway"]}
+    assert all(p["vm"] in first.state.vms and p["network"] in first.state.networks and p["ips"] for p in ports)
     # the derived listing index follows every create and delete
     assert first.state.vm_keys == sorted((v["owner"], v["name"], v["id"]) for v in first.state.vms.values())
     for vm in first.state.vms.values():
