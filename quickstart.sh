@@ -19,6 +19,8 @@ else
 fi
 # Each node exports volumes over iSCSI with a tgtd of its own (tgt from Debian).
 iscsi_args() { echo "--iscsi private-tgt --iscsi-portal 127.0.0.1:$((3260 + $1))"; }
+# Each node's VM networks: bridges named q<i>b…, VXLAN on its own UDP port over loopback.
+network_args() { echo "--network linux --net-prefix q$1 --underlay 127.0.0.1:$((4789 + $1))"; }
 vnc_ports() { echo "$((5800 + 100 * $1))-$((5899 + 100 * $1))"; }
 api_addr() { echo "127.0.0.1:$((8400 + $1))"; }
 raft_addr() { echo "127.0.0.1:$((8500 + $1))"; }
@@ -75,7 +77,7 @@ PY
 if [ ! -f "$RUN/node1/node.json" ]; then
   "$CLOUDD" init --data-dir "$RUN/node1" --name node1 --api-addr "$(api_addr 1)" --raft-addr "$(raft_addr 1)" \
     --cluster-name quickstart --password-file "$RUN/admin-password" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports 1)" \
-    $(iscsi_args 1) > "$RUN/init.txt"
+    $(iscsi_args 1) $(network_args 1) > "$RUN/init.txt"
 fi
 # restart every node that exists first: a lone restarted node has no quorum
 for i in $(seq 1 $NODES); do
@@ -87,7 +89,7 @@ for i in $(seq 2 $NODES); do
     token=$("$CLOUDD" token --data-dir "$RUN/node1")
     "$CLOUDD" join "$(api_addr 1)" --token "$token" --data-dir "$RUN/node$i" --name "node$i" \
       --api-addr "$(api_addr "$i")" --raft-addr "$(raft_addr "$i")" --compute-uri "$COMPUTE_URI" --vnc-ports "$(vnc_ports "$i")" \
-      $(iscsi_args "$i") > /dev/null
+      $(iscsi_args "$i") $(network_args "$i") > /dev/null
     start "$i"
   fi
 done

@@ -11,7 +11,11 @@ from cli.output import emit
 from cli.tasks import finish as finish_with
 
 FLAVOR_COLUMNS = ["name", "vcpus", "ram_mb", "disk_gb"]
-VM_COLUMNS = ["id", "name", "state", "node", "vcpus", "ram_mb", "disk_gb", "owner"]
+VM_COLUMNS = ["id", "name", "state", "node", "ips", "vcpus", "ram_mb", "disk_gb", "owner"]
+
+
+def vm_row(vm: dict[str, Any]) -> dict[str, Any]:
+    return {**vm, "ips": ",".join(ip for nic in vm.get("nics", ()) for ip in nic["ips"])}
 
 
 def finish(client: Client, result: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
@@ -82,7 +86,7 @@ def register(cli: click.Group) -> None:
             params["state"] = state
         if node:
             params["node"] = node
-        run(lambda: emit(ctx.client().request("GET", "/api/v1/vms", params=params)["items"], ctx.output, VM_COLUMNS))
+        run(lambda: emit([vm_row(v) for v in ctx.client().request("GET", "/api/v1/vms", params=params)["items"]], ctx.output, VM_COLUMNS))
 
     @vm.command("show")
     @click.argument("vm")
@@ -104,16 +108,21 @@ def register(cli: click.Group) -> None:
     @click.option("--iso", default=None, help="An ISO image (name or id) to insert as the CD-ROM (booted when the disk is blank).")
     @click.option("--ha/--no-ha", default=False, help="Restart it elsewhere when its node dies.")
     @click.option("--stopped", is_flag=True, help="Create it without starting it.")
+    @click.option("--network", "networks", multiple=True, help="NETWORK or NETWORK=IP: a NIC on that network (repeatable, in order).")
     @wait_option
     @timeout_option
     @pass_ctx
-    def vm_create(ctx: Ctx, name: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, image: str | None, ssh_keys: tuple[str, ...], user_data: IO[str] | None, swap_mb: int | None, iso: str | None, ha: bool, stopped: bool, wait: bool, timeout: float) -> None:
+    def vm_create(
+        ctx: Ctx, name: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, image: str | None, ssh_keys: tuple[str, ...],
+        user_data: IO[str] | None, swap_mb: int | None, iso: str | None, ha: bool, stopped: bool, networks: tuple[str, ...], wait: bool, timeout: float,
+    ) -> None:
         """Create a VM from a flavor (or explicit sizes) and an image.
 
         \b
         Examples:
           cloudctl vm create web1 --flavor small --image tiny-disk --ssh-key "$(cat ~/.ssh/id_ed25519.pub)" --wait
           cloudctl vm create db1 --vcpus 2 --ram 2048 --disk 20 --image debian-12 --swap 1024 --user-data init.yaml
+          cloudctl vm create gw1 --flavor small --network public --network lan=10.10.0.5
         """
         body: dict[str, Any] = {"name": name, "ha": ha, "power": "stopped" if stopped else "running"}
         for key, value in (("flavor", flavor), ("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb), ("image", image), ("swap_mb", swap_mb), ("iso", iso)):
@@ -123,6 +132,10 @@ def register(cli: click.Group) -> None:
             body["ssh_keys"] = list(ssh_keys)
         if user_data is not None:
             body["user_data"] = user_data.read()
+        if networks:
+            from cli.commands_networks import parse_nic
+
+            body["networks"] = [parse_nic(n) for n in networks]
 
         def go() -> None:
             client = ctx.client()

@@ -62,10 +62,11 @@ def host_usage(data_dir: str) -> dict[str, Any]:
 
 
 class Agent:
-    def __init__(self, data_dir: str, roles: list[str], storage: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: str, roles: list[str], storage: dict[str, str] | None = None, network: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.roles = roles
         self.storage = storage  # {"export", "portal"} of a storage node
+        self.network = network  # {"underlay"} of a hypervisor with VM networks
         self.registered = False
 
     async def step(self, env: Env) -> None:
@@ -74,6 +75,8 @@ class Agent:
                 args: dict[str, Any] = {"name": env.node_name, "roles": self.roles, "inventory": host_inventory(self.data_dir), "version": __version__}
                 if self.storage is not None:
                     args["storage"] = self.storage
+                if self.network is not None:
+                    args["network"] = self.network
                 outcome = await env.propose("node.register", args)
                 if "error" in outcome:
                     log.error("registration refused: %s", outcome["error"]["message"])

@@ -67,6 +67,24 @@ class StorageSettings:
 
 
 @dataclass
+class NetworkSettings:
+    """This hypervisor's VM networks: ``linux`` (bridges and VXLAN through pyroute2,
+    nftables port filters, dnsmasq) or ``none`` (NICs are defined, the host is not touched).
+    ``prefix`` starts the names of every device cloudd makes (several cloudd nodes on one
+    host need different ones); ``underlay`` is where other nodes send this node's VXLAN
+    traffic ("" = the API host, port 4789); ``netns`` acts inside that namespace."""
+
+    driver: str = "linux"
+    prefix: str = "cd"
+    underlay: str = ""
+    netns: str | None = None
+    usage_interval_s: float = 30.0
+
+    def underlay_for(self, api_addr: str) -> str:
+        return self.underlay or f"{api_addr.rsplit(':', 1)[0]}:4789"
+
+
+@dataclass
 class NodeConfig:
     name: str
     cluster_id: str
@@ -80,6 +98,7 @@ class NodeConfig:
     raft: RaftSettings = field(default_factory=RaftSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
     data_dir: str = ""
 
     @property
@@ -112,7 +131,8 @@ class NodeConfig:
         raft = RaftSettings(**data.pop("raft", {}))
         compute = ComputeSettings(**data.pop("compute", {}))
         storage = StorageSettings(**data.pop("storage", {}))
-        return cls(**data, timings=timings, raft=raft, compute=compute, storage=storage, data_dir=str(Path(data_dir).resolve()))
+        network = NetworkSettings(**data.pop("network", {}))
+        return cls(**data, timings=timings, raft=raft, compute=compute, storage=storage, network=network, data_dir=str(Path(data_dir).resolve()))
 
 
 def write_secret(data_dir: str | Path, secret: str) -> None:

@@ -24,6 +24,8 @@ from cloudd.raft.node import ReplicatedState
 from cloudd.reconcile import ImageSource, ImagesByPath, ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
+from cloudd.network_agent import NetworkAgent
+from cloudd.ops.network import NetworkDrivers
 from cloudd.storage_agent import StorageReconciler
 from cloudd.web.app import create_app
 
@@ -136,12 +138,33 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None,
             drift=settings.drift,
             vm_dir=str(Path(config.data_dir) / "vms"),
             swap_dir=settings.swap_dir,
+            net_prefix=config.network.prefix,
         ),
         disks=None if settings.domain_type == "test" else LocalDisks(),
         image_source=image_source or ImagesByPath(),
         cluster_secret=cluster_secret,
         node=config.name,
     )
+
+
+def make_network_agent(config: NodeConfig) -> NetworkAgent | None:
+    """The network loop of a hypervisor (None on storage-only nodes or with ``none``)."""
+    settings = config.network
+    if "hypervisor" not in config.roles or settings.driver == "none":
+        return None
+    from cloudd.ops.dhcp import DnsmasqDhcp
+    from cloudd.ops.netlink_links import NetlinkLinks
+    from cloudd.ops.nft_filter import NftFilter
+
+    host, port = settings.underlay_for(config.api_addr).rsplit(":", 1)
+    drivers = NetworkDrivers(
+        links=NetlinkLinks(prefix=settings.prefix, netns=settings.netns),
+        filters=NftFilter(prefix=settings.prefix, netns=settings.netns),
+        # dnsmasq reads its hosts file as "nobody": not under the (private) data dir
+        dhcp=DnsmasqDhcp(Path("/run/cloudd") / f"{settings.prefix}-dhcp", prefix=settings.prefix, netns=settings.netns),
+    )
+    log.info("network: bridges %sb…, VXLAN underlay %s:%s", settings.prefix, host, port)
+    return NetworkAgent(drivers, prefix=settings.prefix, local_ip=host.strip("[]"), local_port=int(port), usage_interval_s=settings.usage_interval_s)
 
 
 def make_volume_backend(pool: dict[str, Any]) -> VolumeBackend:
@@ -204,7 +227,9 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     )
     stop = asyncio.Event()
     storage_info = {"export": config.storage.export, "portal": config.storage.portal_for(config.api_addr)} if "storage" in config.roles else None
-    agent = Agent(config.data_dir, config.roles, storage_info)
+    network = await asyncio.to_thread(make_network_agent, config)  # pyroute2's sync socket runs a loop of its own
+    network_info = {"underlay": config.network.underlay_for(config.api_addr)} if network is not None else None
+    agent = Agent(config.data_dir, config.roles, storage_info, network_info)
     manager = Manager(config.timings)
     reconciler = make_reconciler(config, runtime.images, secret)
     storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
@@ -219,6 +244,8 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
         wake_on_domain_events(reconciler, asyncio.get_running_loop(), reconcile_wake)
 
         async def reconcile() -> None:
+            if network is not None:
+                await network.step(runtime.env)  # bridges before the VMs that use them
             await reconciler.step(runtime.env)
             await runtime.images.report_copies(runtime.env)  # image copies fetched for VMs
 

@@ -16,7 +16,7 @@ import click
 import httpx
 import orjson
 
-from cloudd.config import ComputeSettings, NodeConfig, StorageSettings, Timings, read_secret, write_secret
+from cloudd.config import ComputeSettings, NetworkSettings, NodeConfig, StorageSettings, Timings, read_secret, write_secret
 from cloudd.errors import CloudError
 from cloudd.security import generate_password, hash_password, join_proof, open_for_joiner, sign_node_request
 
@@ -80,6 +80,34 @@ def storage_options(fn: Any) -> Any:
     )(fn)
 
 
+def network_options(fn: Any) -> Any:
+    """--network, --net-prefix and --underlay, shared by init, join and restore."""
+    fn = click.option("--underlay", default="", help="host:port other hypervisors send this node's VXLAN traffic to (default: the API host, port 4789).")(fn)
+    fn = click.option("--net-prefix", default="cd", show_default=True, help="Start of the names of the bridges, taps and tables cloudd makes (1-4 characters; differs per node when nodes share a host).")(fn)
+    return click.option(
+        "--network", type=click.Choice(["linux", "none"]), default="linux", show_default=True,
+        help="VM networks on this hypervisor: bridges/VXLAN, nftables port filters and dnsmasq (linux), or nothing (none).",
+    )(fn)
+
+
+def network_settings(network: str, prefix: str, underlay: str) -> NetworkSettings:
+    import ipaddress
+
+    from cloudd.ops.network import PREFIX_RE
+    from cloudd.validate import ADDRESS_RE
+
+    if not PREFIX_RE.fullmatch(prefix):
+        _fail("--net-prefix must be 1-4 lowercase letters or digits, starting with a letter")
+    if underlay:
+        if not ADDRESS_RE.fullmatch(underlay):
+            _fail("--underlay must be address:port")
+        try:
+            ipaddress.ip_address(underlay.rsplit(":", 1)[0].strip("[]"))
+        except ValueError:
+            _fail("--underlay must be an IP address (the VXLAN device's local address) and a port")
+    return NetworkSettings(driver=network, prefix=prefix, underlay=underlay)
+
+
 def storage_settings(iscsi: str, portal: str) -> StorageSettings:
     from cloudd.validate import ADDRESS_RE
 
@@ -92,7 +120,7 @@ def storage_settings(iscsi: str, portal: str) -> StorageSettings:
 
 def _first_voter_config(
     data_dir: str, name: str, cluster_id: str, api_addr: str, raft_addr: str, roles: str,
-    compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str,
+    compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str, network: NetworkSettings,
 ) -> NodeConfig:
     """Check this node's name and addresses and a fresh data dir; the config of the only
     voter of a new cluster (``init``) or of a rebuilt one (``restore``)."""
@@ -119,6 +147,7 @@ def _first_voter_config(
         timings=Timings(),
         compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
         storage=storage_settings(iscsi, iscsi_portal),
+        network=network,
         data_dir=str(path.resolve()),
     )
 
@@ -225,13 +254,19 @@ def _create_node(path: Path, config: NodeConfig, secret: str, fill: Any, what: s
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None, help="kvm (default), qemu (software/TCG) or test (with test:///default).")
 @click.option("--vnc-ports", default="5900-6899", show_default=True, help="VNC port range of this node's guests.")
 @storage_options
-def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
+@network_options
+def init(
+    data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: str, max_voters: str, admin_name: str, password_file: str | None, roles: str,
+    compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str, network: str, net_prefix: str, underlay: str,
+) -> None:
     """Create a new cluster with this node as its first voter and an admin user."""
     from cloudd.validate import USERNAME_RE
 
     if not USERNAME_RE.fullmatch(admin_name):
         _fail("--admin must be a lowercase user name")
-    config = _first_voter_config(data_dir, name, secrets.token_hex(8), api_addr, raft_addr, roles, compute_uri, domain_type, vnc_ports, iscsi, iscsi_portal)
+    config = _first_voter_config(
+        data_dir, name, secrets.token_hex(8), api_addr, raft_addr, roles, compute_uri, domain_type, vnc_ports, iscsi, iscsi_portal, network_settings(network, net_prefix, underlay)
+    )
     path = Path(config.data_dir)
     secret = secrets.token_urlsafe(32)
     password = generate_password()
@@ -260,7 +295,11 @@ def init(data_dir: str, name: str, api_addr: str, raft_addr: str, cluster_name: 
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
 @click.option("--vnc-ports", default="5900-6899", show_default=True)
 @storage_options
-def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
+@network_options
+def restore(
+    backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str,
+    iscsi: str, iscsi_portal: str, network: str, net_prefix: str, underlay: str,
+) -> None:
     """Rebuild a cluster from a backup ('cloudctl cluster backup'), this node its only voter.
 
     For when quorum is lost for good. Users, passwords, API tokens, pools, images and VMs
@@ -275,7 +314,9 @@ def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr
         state = check_backup(doc)
     except (ValueError, orjson.JSONDecodeError) as exc:
         _fail(f"{backup_file}: {exc}")
-    config = _first_voter_config(data_dir, name, state["cluster"]["id"], api_addr, raft_addr, roles, compute_uri, domain_type, vnc_ports, iscsi, iscsi_portal)
+    config = _first_voter_config(
+        data_dir, name, state["cluster"]["id"], api_addr, raft_addr, roles, compute_uri, domain_type, vnc_ports, iscsi, iscsi_portal, network_settings(network, net_prefix, underlay)
+    )
     secret = secrets.token_urlsafe(32)
     out = _create_node(Path(config.data_dir), config, secret, _replay_backup(config, secret, doc), "restore the backup")
     click.echo(f"cluster {config.cluster_id} restored from the backup at index {doc['applied_index']}: {out['users']} users, {out['vms']} VMs, {out['nodes']} nodes")
@@ -297,7 +338,11 @@ def restore(backup_file: str, data_dir: str, name: str, api_addr: str, raft_addr
 @click.option("--domain-type", type=click.Choice(["kvm", "qemu", "test"]), default=None)
 @click.option("--vnc-ports", default="5900-6899", show_default=True, help="VNC port range of this node's guests.")
 @storage_options
-def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None, vnc_ports: str, iscsi: str, iscsi_portal: str) -> None:
+@network_options
+def join(
+    address: str, data_dir: str, token: str, name: str, api_addr: str, raft_addr: str | None, want: str, roles: str, compute_uri: str, domain_type: str | None,
+    vnc_ports: str, iscsi: str, iscsi_portal: str, network: str, net_prefix: str, underlay: str,
+) -> None:
     """Join the cluster that serves its API at ADDRESS (host:port)."""
     parts = token.strip().split(".")
     if len(parts) != 3 or parts[0] != "cdj":
@@ -307,6 +352,7 @@ def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft
         bytes.fromhex(key)
     except ValueError:
         _fail("the token's key is not valid")
+    net = network_settings(network, net_prefix, underlay)
     _check_bindable("--api-addr", api_addr)
     if raft_addr:
         _check_bindable("--raft-addr", raft_addr)
@@ -337,6 +383,7 @@ def join(address: str, data_dir: str, token: str, name: str, api_addr: str, raft
         roles=[r for r in roles.split(",") if r],
         compute=compute_settings(compute_uri, domain_type, path, vnc_ports),
         storage=storage_settings(iscsi, iscsi_portal),
+        network=net,
         data_dir=str(path.resolve()),
     )
     write_secret(path, secret)

@@ -162,6 +162,7 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "tasks": [],
     }
     ports = new_ports(state, ctx, vm, args.get("networks", []), 0)
+    vm["ports"] = [port["id"] for port in ports]
     state.add_vm(vm)
     for port in ports:
         state.ports[port["id"]] = port
@@ -275,7 +276,7 @@ def vm_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         state.remove_vm(vm["id"])
         vm_gone(state, vm, ctx.ts)
         vm_volumes_released(state, vm, ctx.ts)
-        release_vm_ports(state, vm["id"])
+        release_vm_ports(state, vm)
         return {"id": vm["id"], "state": "deleted", "task": dict(task)}
     move(vm, "deleting", ctx.ts, "delete requested")
     task = open_task(state, ctx, "vm.delete", vm)
@@ -337,7 +338,7 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
             state.remove_vm(vm["id"])
             vm_gone(state, vm, ctx.ts)
             vm_volumes_released(state, vm, ctx.ts)
-            release_vm_ports(state, vm["id"])
+            release_vm_ports(state, vm)
             return {"id": args["id"], "state": "deleted"}
         return {"id": vm["id"], "state": now}
     if error:

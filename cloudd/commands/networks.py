@@ -350,6 +350,7 @@ def vm_nic_attach(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     slot = max((p["slot"] for p in existing), default=-1) + 1
     (port,) = new_ports(state, ctx, vm, [{k: v for k, v in args.items() if k != "id"}], slot)
     state.ports[port["id"]] = port
+    vm["ports"] = [*vm.get("ports", []), port["id"]]
     task = open_task(state, ctx, "vm.nic.attach", vm, target=port["mac"], port=port["id"])
     return {"id": vm["id"], "port": dict(port), "task": dict(task)}
 
@@ -362,6 +363,7 @@ def vm_nic_detach(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     if port is None or port["vm"] != vm["id"]:
         raise CloudError("not_found", f"port {args['port']} of VM {vm['name']} not found")
     del state.ports[port["id"]]
+    vm["ports"] = [p for p in vm.get("ports", []) if p != port["id"]]
     task = open_task(state, ctx, "vm.nic.detach", vm, target=port["mac"], port=port["id"])
     return {"id": vm["id"], "port": port["id"], "task": dict(task)}
 
@@ -434,9 +436,9 @@ def port_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     return {"node": args["node"], "ports": taken}
 
 
-def release_vm_ports(state: State, vm_id: str) -> list[str]:
+def release_vm_ports(state: State, vm: dict[str, Any]) -> list[str]:
     """A deleted VM's ports (and so their addresses) are gone with it."""
-    gone = [p["id"] for p in ports_of_vm(state, vm_id)]
+    gone = [p for p in vm.get("ports", ()) if p in state.ports]
     for port_id in gone:
         del state.ports[port_id]
     return gone

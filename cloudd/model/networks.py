@@ -54,8 +54,9 @@ def eui64_address(prefix: str, mac: str) -> str:
 
 
 def ports_of_vm(state: State, vm_id: str) -> list[dict[str, Any]]:
-    """The VM's NICs in the order the guest sees them."""
-    return sorted((p for p in state.ports.values() if p["vm"] == vm_id), key=lambda p: (p["slot"], p["id"]))
+    """The VM's NICs in the order the guest sees them (``vm["ports"]`` keeps their ids)."""
+    vm = state.vms.get(vm_id)
+    return [state.ports[p] for p in (vm or {}).get("ports", ()) if p in state.ports]
 
 
 def ports_on(state: State, network_id: str) -> list[dict[str, Any]]:

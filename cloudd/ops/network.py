@@ -90,7 +90,7 @@ class NetworkSpec:
     local_ip: str | None = None  # vxlan: this node's underlay address
     local_port: int = VXLAN_PORT  # vxlan: the UDP port this node listens on
     peers: tuple[tuple[str, int], ...] = ()  # vxlan: (underlay address, port) of the other nodes hosting the network
-    mtu: int | None = None  # None: the kernel's default (VXLAN takes 50 bytes off the underlay's MTU)
+    mtu: int | None = None  # None: leave the MTU as it is (a new VXLAN device gets 1500: set 1450 on a 1500 underlay)
 
     @property
     def bridge(self) -> str:

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute
 
 from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
-from cloudd.web import routes_cluster, routes_compute, routes_images, routes_nodes, routes_pools, routes_storage, routes_users, ui
+from cloudd.web import routes_cluster, routes_compute, routes_images, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users, ui
 from cloudd.web.api import Api
 from cloudd.web.audit import RefusedWriteAudit
 from cloudd.web.http import error_response, guarded, json_response
@@ -75,6 +75,7 @@ def create_app(runtime: NodeRuntime) -> Starlette:
     routes += routes_images.routes(api)
     routes += routes_pools.routes(api)
     routes += routes_storage.routes(api)
+    routes += routes_networks.routes(api)
     routes += ui.routes(api)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=[Middleware(RefusedWriteAudit)])
     app.state.api = api

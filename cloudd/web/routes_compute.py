@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloudd.commands.compute import FLAVOR_NAME, SSH_KEY
+from cloudd.commands.networks import NIC_FIELDS
 from cloudd.errors import CloudError
 from cloudd.model.vm import STATES
 from cloudd.validate import HOSTNAME_RE, Field
@@ -25,6 +26,7 @@ from cloudd.web.auth import Principal, require_admin
 from cloudd.web.http import guarded, json_response, read_json
 from cloudd.web.openapi import PATH_PARAM, ApiRoute, Doc, Param
 from cloudd.web.routes_images import image_by_ref
+from cloudd.web.routes_networks import resolve_nics
 
 VM_ACTIONS = {"start": "vm.start", "stop": "vm.stop", "shutdown": "vm.shutdown", "reset": "vm.reset", "reboot": "vm.reboot"}
 FLAVOR_CREATE = {"name": FLAVOR_NAME, "vcpus": Field("int"), "ram_mb": Field("int"), "disk_gb": Field("num")}
@@ -43,6 +45,7 @@ VM_CREATE = {
     "swap_mb": Field("int", required=False),
     "iso": Field("str", max_len=128, required=False),
     "owner": Field("str", max_len=64, required=False),
+    "networks": Field("list", max_len=8, item=Field("obj", spec={**NIC_FIELDS, "network": Field("str", max_len=64)}), required=False),
 }
 VM_ACTION: dict[str, Field] = {}
 VM_DISK_ADD = {"size_gb": Field("num")}
@@ -57,9 +60,14 @@ VM_REF = Param("the VM's id, or its name (409 when several VMs you can see have 
 HIDDEN_VM_FIELDS = ("user_data", "vnc_password")  # the console proxy hands out access
 
 
-def vm_view(vm: dict[str, Any]) -> dict[str, Any]:
-    """What the API shows of a VM (a shallow copy: C-speed, which pages of 100 need)."""
+def vm_view(vm: dict[str, Any], ports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the API shows of a VM (a shallow copy: C-speed, which pages of 100 need), with
+    its NICs (network, MAC, addresses) from ``ports``."""
     view = dict(vm)
+    view["nics"] = [
+        {"port": p, "network": ports[p]["network"], "mac": ports[p]["mac"], "ips": list(ports[p]["ips"]), "ipv6": ports[p].get("ipv6")}
+        for p in vm.get("ports", ()) if p in ports
+    ]
     for key in HIDDEN_VM_FIELDS:
         view.pop(key, None)
     view["has_user_data"] = bool(vm.get("user_data"))
@@ -129,7 +137,7 @@ def routes(api: Api) -> list[ApiRoute]:
                     if (state_filter is None or state.vms[i]["state"] == state_filter) and (node is None or state.vms[i]["node"] == node)
                 ]
                 chosen, total = matching[offset : offset + limit], len(matching)
-            items = [vm_view(state.vms[i]) for i in chosen]
+            items = [vm_view(state.vms[i], state.ports) for i in chosen]
         return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
     @guarded
@@ -144,20 +152,25 @@ def routes(api: Api) -> list[ApiRoute]:
         for key in ("image", "iso"):
             if body.get(key):
                 body[key] = image_id(body[key], owner)
+        if body.get("networks"):
+            with runtime.raft.lock:
+                body["networks"] = resolve_nics(runtime.raft.state, principal, body["networks"])
         # VNC allows at most 8 characters of password; the port is on the node's address
         vnc_password = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(8))
         args = {"id": secrets.token_hex(8), "owner": owner, **body, "vnc_password": vnc_password}
         result, index = await api.commit(request, principal, "vm.create", args)
         with runtime.raft.lock:
             vm = runtime.raft.state.vms.get(result["id"])
-            view = vm_view(vm) if vm else None
+            view = vm_view(vm, runtime.raft.state.ports) if vm else None
         return accepted(result, index, view)
 
     @guarded
     async def vms_show(request: Request) -> Response:
         principal = await api.principal(request)
         await api.fresh(request)
-        return json_response(vm_view(find_vm(principal, request.path_params["ref"])))
+        vm = find_vm(principal, request.path_params["ref"])
+        with runtime.raft.lock:
+            return json_response(vm_view(vm, runtime.raft.state.ports))
 
     @guarded
     async def vms_delete(request: Request) -> Response:

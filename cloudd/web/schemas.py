@@ -11,6 +11,7 @@ from typing import Any
 
 from cloudd.commands.cluster import MEMBERSHIPS, ROLES
 from cloudd.commands.nodes import STATUSES
+from cloudd.commands.networks import PORT_COUNTERS, PROFILES
 from cloudd.commands.pools import LIMIT_KEYS
 from cloudd.commands.users import USER_ROLES
 from cloudd.model.tasks import FINAL
@@ -25,6 +26,7 @@ NNUM: dict[str, Any] = {"type": "number", "nullable": True}
 BOOL: dict[str, Any] = {"type": "boolean"}
 OBJ: dict[str, Any] = {"type": "object"}
 STRS: dict[str, Any] = {"type": "array", "items": STR}
+PORT_COUNTER_KEYS = tuple(PORT_COUNTERS)
 
 
 def obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -74,6 +76,7 @@ VM_OBSERVED = obj(
     error=NSTR,
     vnc_port=NINT,
     disks={**STRS, "description": "the disk targets the running domain has now"},
+    nics={**STRS, "description": "the MACs of the NICs the running domain has now"},
     device_error=NSTR,
 )
 VM_DISK = obj(["id", "size_gb", "target"], id=STR, size_gb=NUM, target=STR, created_at=NUM)
@@ -176,6 +179,8 @@ SCHEMAS: dict[str, Any] = {
         state_since=NUM,
         state_reason=NSTR,
         node=NSTR,
+        nics={"type": "array", "items": obj(["port", "network", "mac", "ips"], port=STR, network=STR, mac=STR, ips=STRS, ipv6=NSTR)},
+        ports=STRS,
         flavor=NSTR,
         vcpus=INT,
         ram_mb=INT,
@@ -216,6 +221,24 @@ SCHEMAS: dict[str, Any] = {
         ["id", "name", "owner", "pool", "size_gb", "state"],
         id=STR, name=STR, owner=STR, pool=STR, size_gb=NUM, image=NSTR, state=STR, attached_to=NSTR, target=NSTR, error=NSTR,
         observed=OBJ, usage={"type": "object", "nullable": True}, tasks=STRS,
+    ),
+    "Network": obj(
+        ["id", "name", "owner", "public", "segment", "subnet", "gateway", "dhcp_ip", "pool", "dhcp", "profile"],
+        id=STR, name=STR, owner=NSTR, public=BOOL, segment=enum("vxlan", "vlan"), segment_id=INT, uplink=NSTR, subnet=STR, gateway=NSTR,
+        dhcp_ip={**STR, "description": "the DHCP server's address on every node hosting the network (no VM gets it)"},
+        pool=obj(["start", "end"], start=STR, end=STR), ipv6_prefix=NSTR, dhcp=BOOL, dns=STRS, profile=enum(*PROFILES), mtu=NINT, description=STR,
+        addresses=obj(["pool", "used"], pool=INT, used=INT), ports={**INT, "description": "ports you can see"}, created_at=NUM,
+    ),
+    "Port": obj(
+        ["id", "vm", "owner", "network", "mac", "ips", "profile", "slot"],
+        id=STR, vm=STR, vm_name=NSTR, owner=STR, network=STR, network_name=NSTR, slot=INT, mac=STR, ips=STRS, ipv6=NSTR,
+        profile=enum(*PROFILES), usage={**obj([], **{k: INT for k in PORT_COUNTER_KEYS}, ts=NUM, node=STR), "nullable": True}, error=NSTR, created_at=NUM,
+    ),
+    "PortIps": obj(["id", "ip", "ips"], id=STR, ip=STR, ips=STRS),
+    "Ip": obj(
+        ["ip", "version", "network", "port", "vm", "mac"],
+        ip=STR, version=enum(4, 6), primary=BOOL, network=STR, network_name=NSTR, public=BOOL, port=STR, vm=STR, vm_name=NSTR, owner=STR, mac=STR,
+        usage={"type": "object", "nullable": True},
     ),
     "Backup": obj(["format", "taken_at", "applied_index", "state"], format=STR, taken_at=NUM, applied_index=INT, state=OBJ),
     "Pool": obj(

@@ -84,12 +84,19 @@ class Node:
 
 class LocalCluster:
     def __init__(
-        self, root: Path, timings: dict[str, float] | None = None, first_host: int = 11, compute: list[str] | None = None, iscsi: bool = False
+        self,
+        root: Path,
+        timings: dict[str, float] | None = None,
+        first_host: int = 11,
+        compute: list[str] | None = None,
+        iscsi: bool = False,
+        network: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """``iscsi``: every node runs a private tgtd (real iSCSI exports); otherwise the
         nodes export nothing (volumes are still created in their pools)."""
         self.root = root
         self.iscsi = iscsi
+        self.network = network or {}  # node name -> its network settings (default: driver none)
         self.compute = compute or ["--compute-uri", COMPUTE_URI]
         self.timings = timings or FAST_TIMINGS
         self.nodes: dict[str, Node] = {}
@@ -114,6 +121,9 @@ class LocalCluster:
             data["storage"] = {"export": "tgt", "private_tgtd": True, "portal": f"{node.host}:{free_port(node.host)}"}
         else:
             data["storage"] = {"export": "none"}
+        # the nodes share this host: networks are modelled, not set up (the e2e tests set
+        # them up for real inside namespaces)
+        data["network"] = self.network.get(node.name) or {"driver": "none", "prefix": "c" + "".join(ch for ch in node.name if ch.isdigit())[:3]}
         path.write_bytes(orjson.dumps(data))
 
     def start(self, name: str) -> Node:

@@ -40,8 +40,14 @@ def world(shared_cluster: LocalCluster) -> dict[str, Any]:
         assert reply.status_code == 200
         tokens[name] = reply.json()["token"]
     alice = shared_cluster.api("node2", tokens["alice"])
-    vm = alice.post("/api/v1/vms", json={"name": "secret-vm", "flavor": "authz", "power": "stopped"})
+    network = alice.post("/api/v1/networks", json={"name": "secret-net", "subnet": "10.99.0.0/24"})
+    assert network.status_code == 201, network.text
+    vm = alice.post(
+        "/api/v1/vms", json={"name": "secret-vm", "flavor": "authz", "power": "stopped", "networks": [{"network": "secret-net"}]},
+        headers={"X-Cloudd-Min-Index": network.headers["X-Cloudd-Index"]},
+    )
     assert vm.status_code == 202, vm.text
+    (nic,) = vm.json()["nics"]
     index = vm.headers["X-Cloudd-Index"]
     disk = alice.post(f"/api/v1/vms/{vm.json()['id']}/disks", json={"size_gb": 1}, headers={"X-Cloudd-Min-Index": index})
     assert disk.status_code == 202, disk.text
@@ -59,7 +65,10 @@ def world(shared_cluster: LocalCluster) -> dict[str, Any]:
         "doc": doc,
         "tokens": tokens,
         "params": {
-            "ref": {"/vms/": vm.json()["id"], "/images/": image.json()["id"], "/volumes/": volume.json()["id"]},
+            "ref": {"/vms/": vm.json()["id"], "/images/": image.json()["id"], "/volumes/": volume.json()["id"], "/networks/": network.json()["id"]},
+            "id": nic["port"],
+            "port": nic["port"],
+            "ip": nic["ips"][0],
             "name": {"/users/": "alice", "/storage-pools/": "authz-pool", "/pools/": "alice-pool", "/nodes/": "node3", "/flavors/": "authz"},
             "token_id": token.json()["token_id"],
             "task_id": vm.json()["task"]["id"],
@@ -137,10 +146,11 @@ def test_users_get_404_on_someone_elses_objects_and_change_nothing(shared_cluste
 
 def test_lists_show_users_only_their_own(shared_cluster: LocalCluster, world: dict[str, Any]) -> None:
     bob = shared_cluster.api("node3", world["tokens"]["bob"])
-    for path in ("/api/v1/vms", "/api/v1/tasks", "/api/v1/pools", "/api/v1/tokens", "/api/v1/events", "/api/v1/volumes"):
+    for path in ("/api/v1/vms", "/api/v1/tasks", "/api/v1/pools", "/api/v1/tokens", "/api/v1/events", "/api/v1/volumes", "/api/v1/networks", "/api/v1/ports", "/api/v1/ips"):
         items = bob.get(path).json()["items"]
         text = str(items)
-        assert "secret-vm" not in text and "secret-vol" not in text and "alice" not in text, (path, items)
+        assert "secret-vm" not in text and "secret-vol" not in text and "secret-net" not in text and "alice" not in text, (path, items)
+    assert bob.get("/api/v1/ports", params={"vm": world["params"]["ref"]["/vms/"]}).status_code == 404
     assert all(i["name"] != "secret-img" for i in bob.get("/api/v1/images").json()["items"])
     reply = bob.get("/api/v1/vms", params={"owner": "alice"})
     assert reply.status_code == 403

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from cloudd.validate import Field
-from cloudd.web import routes_cluster, routes_compute, routes_images, routes_nodes, routes_pools, routes_storage, routes_users
+from cloudd.web import routes_cluster, routes_compute, routes_images, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users
 from cloudd.web.app import create_app
 from cloudd.web.openapi import ACCESS, ApiRoute, api_routes, openapi_document
 from cloudd.web.routes_compute import vm_view
@@ -31,7 +31,7 @@ from cloudd.web.schemas import SCHEMAS
 from tests.factories import PW_HASH, Replica
 from tests.unit.test_compute_commands import cluster_with_hypervisor, new_vm
 
-ROUTE_MODULES = (routes_cluster, routes_nodes, routes_users, routes_compute, routes_images, routes_pools, routes_storage)
+ROUTE_MODULES = (routes_cluster, routes_nodes, routes_users, routes_compute, routes_images, routes_pools, routes_storage, routes_networks)
 PUBLIC = {("GET", "/healthz"), ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/auth/login"), ("POST", "/api/v1/cluster/join")}
 
 
@@ -247,10 +247,10 @@ def test_vms_flavors_images_and_pools_match_their_schemas() -> None:
     replica, _ = busy_replica()
     state = replica.state
     created = new_vm(replica, "vm3", swap_mb=512)
-    vm = vm_view(state.vms["vm3"])
+    vm = vm_view(state.vms["vm3"], state.ports)
     check("Vm", vm)
     check("VmCreated", {**vm, "task": created["task"]})
-    check("Vm", vm_view(state.vms["vm1"]))  # a placed VM with observations, being deleted
+    check("Vm", vm_view(state.vms["vm1"], state.ports))  # a placed VM with observations, being deleted
     for flavor in state.flavors.values():
         check("Flavor", flavor)
     for image in state.images.values():
@@ -260,6 +260,25 @@ def test_vms_flavors_images_and_pools_match_their_schemas() -> None:
     check("Pool", pool_view(state, state.pools["team"], False))
     check("Pool", replica.ok("pool.create", {"name": "other"}))
     check("Pool", replica.ok("pool.update", {"name": "other", "limits": {"vms": 1}}))
+
+
+def test_networks_ports_and_addresses_match_their_schemas() -> None:
+    replica = cluster_with_hypervisor()
+    state = replica.state
+    replica.ok("network.create", {"id": "0000aaaa", "name": "lan", "subnet": "10.0.0.0/24", "ipv6_prefix": "2001:db8::/64"})
+    replica.ok("network.create", {"id": "0000bbbb", "name": "mine", "subnet": "10.1.0.0/24", "owner": "bob", "gateway": None})
+    new_vm(replica, "vm1", networks=[{"network": "0000aaaa"}, {"network": "0000bbbb"}])
+    replica.ok("vm.place", {"id": "vm1", "node": "n1"})
+    port_id = state.vms["vm1"]["ports"][0]
+    replica.ok("port.report", {"node": "n1", "ports": {port_id: {"tx_bytes": 1, "tx_packets": 1, "rx_bytes": 1, "rx_packets": 1, "dropped_packets": 0}}})
+    check("PortIps", replica.ok("port.ip.assign", {"id": port_id}))
+    check("Vm", vm_view(state.vms["vm1"], state.ports))
+    for principal in (routes_networks.Principal("user", "bob", "user"), routes_networks.Principal("user", "admin", "admin")):
+        for network in state.networks.values():
+            check("Network", routes_networks.network_view(state, network, principal))
+    for port in state.ports.values():
+        check("Port", routes_networks.port_view(state, port))
+    check("Port", replica.ok("port.update", {"id": port_id, "profile": "web"}))
 
 
 def test_users_tokens_nodes_and_events_match_their_schemas() -> None:
