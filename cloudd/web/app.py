@@ -71,11 +71,11 @@ def create_app(runtime: NodeRuntime) -> Starlette:
     routes += routes_cluster.routes(api)
     routes += routes_nodes.routes(api)
     routes += routes_users.routes(api)
+    routes += routes_networks.routes(api)  # before /vms/{ref}/{action}: /vms/{ref}/nics is theirs
     routes += routes_compute.routes(api)
     routes += routes_images.routes(api)
     routes += routes_pools.routes(api)
     routes += routes_storage.routes(api)
-    routes += routes_networks.routes(api)
     routes += ui.routes(api)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=[Middleware(RefusedWriteAudit)])
     app.state.api = api

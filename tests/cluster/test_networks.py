@@ -172,3 +172,34 @@ def test_vms_on_different_hypervisors_share_a_network_get_dhcp_and_are_filtered(
                  timeout=30, what=f"no bridge left on {node_name}")
     assert admin.get("/api/v1/ports", params={"all": "true"}).json()["total"] == 0
     assert admin.delete(f"/api/v1/networks/{net_id}").status_code == 200
+
+
+def test_bad_network_input_gets_a_clear_4xx_and_changes_nothing(lab: Lab) -> None:
+    admin = lab.cluster.api("node3")
+    created = admin.post("/api/v1/networks", json={"name": "strict", "subnet": "10.60.0.0/24"})
+    assert created.status_code == 201, created.text
+    if admin.get("/api/v1/flavors/net").status_code == 404:
+        assert admin.post("/api/v1/flavors", json={"name": "net", "vcpus": 1, "ram_mb": 64, "disk_gb": 1}).status_code == 201
+    vm = create_vm(admin, "holder", [{"network": "strict", "ip": "10.60.0.10"}], created.headers["X-Cloudd-Index"])
+    wait_for(lambda: admin.get(f"/api/v1/vms/{vm['id']}").status_code == 200, what="the VM")
+    before = (admin.get("/api/v1/networks").json(), admin.get("/api/v1/ports", params={"all": "true"}).json())
+    cases = [
+        ("POST", "/api/v1/networks", {"name": "overlap", "subnet": "10.60.0.128/25"}, 409, "overlaps"),
+        ("POST", "/api/v1/networks", {"name": "bits", "subnet": "10.61.0.5/24"}, 400, "subnet"),
+        ("POST", "/api/v1/networks", {"name": "gw", "subnet": "10.61.0.0/24", "gateway": "10.62.0.1"}, 400, "gateway"),
+        ("POST", f"/api/v1/vms/{vm['id']}/nics", {"network": "strict", "ip": "10.99.0.7"}, 400, "outside"),
+        ("POST", f"/api/v1/vms/{vm['id']}/nics", {"network": "strict", "ip": "10.60.0.10"}, 409, "already assigned"),
+        ("POST", f"/api/v1/vms/{vm['id']}/nics", {"network": "strict", "ip": "10.60.0.254"}, 400, "reserved"),
+        ("POST", f"/api/v1/vms/{vm['id']}/nics", {"network": "strict", "mac": "01:00:5e:00:00:01"}, 400, "unicast"),
+        ("POST", f"/api/v1/vms/{vm['id']}/nics", {"network": "nowhere"}, 404, "not found"),
+        ("DELETE", f"/api/v1/networks/{created.json()['id']}", None, 409, "ports"),
+    ]
+    for method, path, body, status, words in cases:
+        reply = admin.request(method, path, json=body)
+        assert reply.status_code == status, (path, body, reply.text)
+        assert words in reply.json()["error"]["message"], reply.text
+    after = (admin.get("/api/v1/networks").json(), admin.get("/api/v1/ports", params={"all": "true"}).json())
+    assert after == before
+    assert admin.delete(f"/api/v1/vms/{vm['id']}").status_code == 202
+    wait_for(lambda: admin.get("/api/v1/ports", params={"all": "true"}).json()["total"] == 0, timeout=60, what="the port released")
+    assert admin.delete(f"/api/v1/networks/{created.json()['id']}").status_code == 200

@@ -7,6 +7,7 @@ the document is fetched the way clients get it, from ``GET /api/v1/openapi.json`
 from __future__ import annotations
 
 import ast
+import re
 import asyncio
 import inspect
 from types import ModuleType, SimpleNamespace
@@ -296,3 +297,19 @@ def test_users_tokens_nodes_and_events_match_their_schemas() -> None:
     assert state.events
     for event in state.events:
         check("Event", event)
+
+
+def test_no_route_is_shadowed_by_an_earlier_one(app: Starlette) -> None:
+    """Starlette takes the first route that matches: /vms/{ref}/{action} listed before
+    /vms/{ref}/nics would swallow every request to the latter."""
+    from starlette.routing import Match
+
+    routes = [r for r in app.routes if isinstance(r, Route)]
+    for route in routes:
+        for method in route.methods or ():
+            if method == "HEAD":
+                continue
+            path = re.sub(r"{(\w+)}", lambda m: f"sample-{m.group(1)}", route.path)
+            scope = {"type": "http", "path": path, "method": method}
+            first = next(r for r in routes if r.matches(scope)[0] == Match.FULL)
+            assert first is route, f"{method} {route.path} is answered by {first.path}"
