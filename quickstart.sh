@@ -113,6 +113,8 @@ bash scripts/build-guest.sh "$RUN/guest" > /dev/null
 for i in $(seq 1 $NODES); do
   "$CLOUDCTL" storage-pool create "local$i" --node "node$i" --backend file --path "$RUN/node$i/volumes" > /dev/null 2>&1 || true
 done
+# a network for the VMs: VXLAN between the nodes over loopback, DHCP from 10.77.0.254
+"$CLOUDCTL" network create lan --subnet 10.77.0.0/24 --dns 10.77.0.1 > /dev/null 2>&1 || true
 "$CLOUDCTL" cluster status
 
 cat <<TXT
@@ -122,7 +124,7 @@ cloudd is running: $NODES nodes on this machine.
   API (any node):  http://$(api_addr 1)/api/v1   http://$(api_addr 2)/api/v1   http://$(api_addr 3)/api/v1
   Log in as:       admin / $password   (also in $RUN/admin-password)
   CLI:             $CLOUDCTL node list     (already logged in)
-                   $CLOUDCTL vm create web1 --flavor tiny --wait     (boots tiny-disk, the default image)
+                   $CLOUDCTL vm create web1 --flavor tiny --network lan --wait     (boots tiny-disk, the default image)
                    $CLOUDCTL volume create data1 --size 1 --wait     (an iSCSI volume; see README: volumes)
   Logs:            $RUN/node*.log        Stop: ./quickstart.sh stop
   Hypervisors:     $HYPERVISORS

@@ -131,7 +131,8 @@ class NodeConfig:
         raft = RaftSettings(**data.pop("raft", {}))
         compute = ComputeSettings(**data.pop("compute", {}))
         storage = StorageSettings(**data.pop("storage", {}))
-        network = NetworkSettings(**data.pop("network", {}))
+        # a node set up before networks existed keeps its host untouched until told otherwise
+        network = NetworkSettings(**data.pop("network", {"driver": "none"}))
         return cls(**data, timings=timings, raft=raft, compute=compute, storage=storage, network=network, data_dir=str(Path(data_dir).resolve()))
 
 
