@@ -245,7 +245,10 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
 
         async def reconcile() -> None:
             if network is not None:
-                await network.step(runtime.env)  # bridges before the VMs that use them
+                try:
+                    await network.step(runtime.env)  # bridges before the VMs that use them
+                except Exception:  # a network bug must not stop the VMs' reconciling
+                    log.exception("network pass failed")
             await reconciler.step(runtime.env)
             await runtime.images.report_copies(runtime.env)  # image copies fetched for VMs
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cloudd.commands.networks import NETWORK_FIELDS, NIC_FIELDS, PROFILES
 from cloudd.errors import CloudError
-from cloudd.model.networks import addresses_in_use, pool_size, ports_on, visible_to
+from cloudd.model.networks import MAC_PREFIX, addresses_in_use, pool_size, ports_on, visible_to
 from cloudd.model.state import State
 from cloudd.validate import Field
 from cloudd.web.api import Api, accepted, find_owned, page
@@ -85,7 +85,12 @@ def find_port(state: State, principal: Principal, port_id: str) -> dict[str, Any
 
 
 def resolve_nics(state: State, principal: Principal, nics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """NIC requests naming networks by id or name, with the network ids the commands take."""
+    """NIC requests naming networks by id or name, with the network ids the commands take.
+    Users may only choose MACs of cloudd's own range: another MAC could be a router's on
+    the segment, which a VM sending from it would steal."""
+    for nic in nics:
+        if "mac" in nic and not principal.is_admin and not nic["mac"].lower().startswith(MAC_PREFIX + ":"):
+            raise CloudError("forbidden", f"choose a MAC in {MAC_PREFIX}:xx:xx:xx (others are for admins)", {"field": "mac"})
     return [{**nic, "network": find_network(state, principal, nic["network"])["id"]} for nic in nics]
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 from cloudd.ops.dhcp import DnsmasqDhcp
@@ -176,10 +177,10 @@ def test_vms_on_different_hypervisors_share_a_network_get_dhcp_and_are_filtered(
 
 def test_bad_network_input_gets_a_clear_4xx_and_changes_nothing(lab: Lab) -> None:
     admin = lab.cluster.api("node3")
-    created = admin.post("/api/v1/networks", json={"name": "strict", "subnet": "10.60.0.0/24"})
-    assert created.status_code == 201, created.text
-    if admin.get("/api/v1/flavors/net").status_code == 404:
+    if all(f["name"] != "net" for f in admin.get("/api/v1/flavors").json()["items"]):
         assert admin.post("/api/v1/flavors", json={"name": "net", "vcpus": 1, "ram_mb": 64, "disk_gb": 1}).status_code == 201
+    created = admin.post("/api/v1/networks", json={"name": "strict", "subnet": "10.60.0.0/24"})  # committed after the flavor
+    assert created.status_code == 201, created.text
     vm = create_vm(admin, "holder", [{"network": "strict", "ip": "10.60.0.10"}], created.headers["X-Cloudd-Index"])
     wait_for(lambda: admin.get(f"/api/v1/vms/{vm['id']}").status_code == 200, what="the VM")
     before = (admin.get("/api/v1/networks").json(), admin.get("/api/v1/ports", params={"all": "true"}).json())
@@ -198,6 +199,14 @@ def test_bad_network_input_gets_a_clear_4xx_and_changes_nothing(lab: Lab) -> Non
         reply = admin.request(method, path, json=body)
         assert reply.status_code == status, (path, body, reply.text)
         assert words in reply.json()["error"]["message"], reply.text
+    # a user may not take a MAC outside cloudd's range (it could be the router's)
+    assert admin.post("/api/v1/users", json={"name": "mallory", "password": "mallory-pass-1"}).status_code == 201
+    token = wait_for(lambda: httpx.post(lab.cluster.nodes["node3"].url + "/api/v1/auth/login", json={"username": "mallory", "password": "mallory-pass-1"}).json().get("token"),
+                     what="mallory's login")
+    mallory = lab.cluster.api("node3", token)
+    reply = mallory.post("/api/v1/vms", json={"name": "thief", "flavor": "net", "networks": [{"network": "strict", "mac": "00:11:22:33:44:55"}]})
+    assert reply.status_code == 403 and "52:54:00" in reply.json()["error"]["message"], reply.text
+    assert mallory.post("/api/v1/networks", json={"name": "mine", "subnet": "10.70.0.0/24", "segment": "vlan", "segment_id": 7, "uplink": "eth0"}).status_code == 403
     after = (admin.get("/api/v1/networks").json(), admin.get("/api/v1/ports", params={"all": "true"}).json())
     assert after == before
     assert admin.delete(f"/api/v1/vms/{vm['id']}").status_code == 202
