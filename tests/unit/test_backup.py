@@ -21,8 +21,9 @@ def busy_cluster() -> Replica:
     replica.ok("pool.create", {"name": "team", "limits": {"vms": 10}})
     replica.ok("user.update", {"name": "bob", "pool": "team"})
     replica.ok("token.create", {"token_id": "k1", "user": "bob", "secret_sha256": "0" * 64, "name": "ci", "expires_at": None})
+    replica.ok("network.create", {"id": "0000aaaa", "name": "lan", "subnet": "10.0.0.0/24"})
     for i in range(3):
-        new_vm(replica, f"vm{i}")
+        new_vm(replica, f"vm{i}", networks=[{"network": "0000aaaa"}])
     replica.ok("vm.place", {"id": "vm0", "node": "n1"})
     replica.ok("image.default_set", {"id": "img1"})
     return replica
@@ -40,7 +41,7 @@ def test_a_backup_replays_into_an_equal_state_with_the_new_node_as_the_only_vote
     doc = make_backup(source.state, 5000.0)
     target = replay(doc)
     before, after = source.state.domain_dict(), target.state.domain_dict()
-    for key in ("users", "tokens", "flavors", "images", "pools", "tasks"):
+    for key in ("users", "tokens", "flavors", "images", "pools", "tasks", "networks", "ports"):
         assert after[key] == before[key], key
     assert after["vms"] == before["vms"]
     assert target.state.vm_keys == source.state.vm_keys
@@ -88,6 +89,8 @@ def test_big_states_go_in_batches_under_the_command_limit() -> None:
         (lambda s: s["users"].update(bob=5), "users[bob] must be an object"),
         (lambda s: s["users"]["admin"].update(role="user"), "no enabled admin"),
         (lambda s: s["tokens"]["k1"].update(id="other"), "another key"),
+        (lambda s: next(iter(s["ports"].values())).update(network="0000ffff"), "unknown network 0000ffff"),
+        (lambda s: s["networks"]["0000aaaa"].update(owner="ghost"), "unknown user ghost"),
     ],
 )
 def test_an_inconsistent_backup_is_refused_and_leaves_no_cluster(spoil: Any, message: str) -> None:
