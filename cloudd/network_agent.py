@@ -156,17 +156,31 @@ class NetworkAgent:
         except NetworkError as exc:
             log.error("nftables: %s", exc)
             return {port_id: f"filter: {exc}" for port_id in view.ports}
+        specs: dict[str, PortSpec] = {}
         for port_id, port in sorted(view.ports.items()):
             if port["network"] in broken:
                 errors[port_id] = broken[port["network"]]
-                continue
-            spec = self.port_spec(port, view.networks[port["network"]])
-            try:
-                if self.applied.get(port_id) != spec or port_id not in filtered:
-                    if port_id in self.applied and port_id not in filtered:
-                        log.warning("port %s: its filter rules were missing; rebuilt", port_id)
+            else:
+                specs[port_id] = self.port_spec(port, view.networks[port["network"]])
+        stale = [spec for port_id, spec in specs.items() if self.applied.get(port_id) != spec or port_id not in filtered]
+        for spec in stale:
+            if spec.port_id in self.applied and spec.port_id not in filtered:
+                log.warning("port %s: its filter rules were missing; rebuilt", spec.port_id)
+        try:
+            filters.apply_ports(stale)  # one transaction for all of them
+            self.applied.update((spec.port_id, spec) for spec in stale)
+        except NetworkError:
+            for spec in stale:  # one by one, so that one bad port does not hold up the others
+                try:
                     filters.apply_port(spec)
-                    self.applied[port_id] = spec
+                    self.applied[spec.port_id] = spec
+                except NetworkError as exc:
+                    log.error("port %s: %s", spec.port_id, exc)
+                    errors[spec.port_id] = str(exc)
+        for port_id, spec in specs.items():
+            if port_id in errors:
+                continue
+            try:
                 links.ensure_port(spec)
             except NetworkError as exc:
                 log.error("port %s: %s", port_id, exc)
@@ -177,9 +191,11 @@ class NetworkAgent:
     def _remove_unused(self, view: NetworkView) -> None:
         links, filters, dhcp = self.drivers.links, self.drivers.filters, self.drivers.dhcp
         try:
-            for port_id in sorted(filters.ports() - set(view.ports)):
-                log.info("port %s is no longer here: removing its filter", port_id)
-                filters.remove_port(port_id)
+            gone = sorted(filters.ports() - set(view.ports))
+            if gone:
+                log.info("ports %s are no longer here: removing their filters", ", ".join(gone))
+                filters.remove_ports(gone)
+            for port_id in gone:
                 self.applied.pop(port_id, None)
             for port_id in sorted(links.ports() - set(view.ports)):
                 links.remove_port(port_id)

@@ -2,8 +2,11 @@
 # Build a tiny test guest from Debian packages only:
 #   OUT/vmlinuz      the kernel of Debian's linux-image-amd64
 #   OUT/initrd.img   a busybox initramfs whose /init
-#                      - loads virtio (pci, blk), virtio-scsi (+ sd, sr), iso9660/vfat and the
+#                      - loads virtio (pci, blk, net), virtio-scsi (+ sd, sr), iso9660/vfat and the
 #                        ACPI button modules, in dependency order (from modules.dep)
+#                      - with "cloudd.ip=<addr>/<len>" on the kernel command line (the kernel has
+#                        no ip= autoconfiguration, the guest no DHCP client): gives eth0 that
+#                        address, brings it up and prints "CLOUDD-GUEST-IP <addr>/<len>"
 #                      - mounts a NoCloud seed (a filesystem labelled cidata), prints
 #                        "CLOUDD-GUEST-SEED hostname=<local-hostname>" and sets the hostname,
 #                        or prints "CLOUDD-GUEST-SEED none"
@@ -61,11 +64,12 @@ build_initramfs() {  # writes $work/vmlinuz and $work/initrd.img
   # What the guest needs as modules (built in, per config-*: ACPI PCI hot-plug (acpiphp),
   # PCIe hot-plug, devtmpfs, serial 8250, VGA text console, JOLIET/ZISOFS):
   #   virtio_pci + virtio_blk   disks, hot-pluggable on pc (i440fx) through acpiphp
+  #   virtio_net                NICs (eth0 gets cloudd.ip= from the command line)
   #   virtio_scsi sd_mod sr_mod SCSI disks and CD-ROMs (seed ISO, hot-plugged media)
   #   isofs vfat nls_*          seed filesystems (FAT default codepage 437, iocharset ascii)
   #   button evdev              ACPI power button for acpid
   # Their dependencies come from modules.dep; each is listed once, after what it needs.
-  local wanted="virtio_pci virtio_blk virtio_scsi sd_mod sr_mod isofs vfat nls_cp437 nls_ascii button evdev"
+  local wanted="virtio_pci virtio_blk virtio_net virtio_scsi sd_mod sr_mod isofs vfat nls_cp437 nls_ascii button evdev"
   awk -v wanted="$wanted" '
     { name = $1; sub(/:$/, "", name); key = name; sub(/.*\//, "", key); sub(/\.ko.*$/, "", key)
       path[key] = name; deps[key] = ""
@@ -122,6 +126,14 @@ while read -r m; do
   insmod /lib/modules/$m.ko $params 2>/dev/console || echo "insmod $m failed" > /dev/console
 done < /etc/modules
 acpid -c /etc/acpi -l /dev/console
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    cloudd.ip=*)
+      addr=${arg#cloudd.ip=}
+      ip link set eth0 up && ip addr add "$addr" dev eth0 && echo "CLOUDD-GUEST-IP $addr" > /dev/console \
+        || echo "CLOUDD-GUEST-IP failed $addr" > /dev/console ;;
+  esac
+done
 
 # NoCloud seed: a filesystem labelled cidata (iso9660 or vfat). Module loading waits for
 # the SCSI scan and driver probes, so the devices present at boot are there by now.

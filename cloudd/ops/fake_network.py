@@ -9,6 +9,7 @@ libvirt would (``plug_tap``), make calls fail (``fail_next``) and move counters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from cloudd.ops.network import (
     DEFAULT_PREFIX,
@@ -119,10 +120,25 @@ class FakeFilters:
         self.host.rules[spec.port_id] = spec
         self.host.counts.setdefault(spec.port_id, PortCounters())
 
+    def apply_ports(self, specs: Sequence[PortSpec]) -> None:
+        if not specs:
+            return
+        for spec in specs:  # all checked before any is applied: one transaction
+            check_id(spec.port_id)
+            check_mac(spec.mac)
+        self.host.call("apply_ports", ",".join(s.port_id for s in specs))
+        for spec in specs:
+            self.host.rules[spec.port_id] = spec
+            self.host.counts.setdefault(spec.port_id, PortCounters())
+
     def remove_port(self, port_id: str) -> None:
         if port_id in self.host.rules:
             self.host.call("remove_rules", port_id)
             del self.host.rules[port_id]
+
+    def remove_ports(self, port_ids: Iterable[str]) -> None:
+        for port_id in port_ids:
+            self.remove_port(port_id)
 
     def ports(self) -> set[str]:
         return set(self.host.rules)

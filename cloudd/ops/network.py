@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterable, Protocol, Sequence
 
 NET_ID_RE = re.compile(r"^[0-9a-f]{8}$")
 PORT_ID_RE = NET_ID_RE
@@ -201,7 +201,13 @@ class FilterDriver(Protocol):
         """Rebuild the port's rules in one nftables transaction: either the new rules are in
         place or the old ones still are. Keeps the port's counters."""
 
+    def apply_ports(self, specs: Sequence[PortSpec]) -> None:
+        """``apply_port`` for many ports in one transaction: all of them or none."""
+
     def remove_port(self, port_id: str) -> None: ...
+
+    def remove_ports(self, port_ids: Iterable[str]) -> None:
+        """``remove_port`` for many ports at once."""
 
     def ports(self) -> set[str]:
         """Ids of the ports that have rules."""

@@ -60,7 +60,7 @@ import ipaddress
 import json
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cloudd.ops.network import (
@@ -164,23 +164,40 @@ class NftFilter:
                 raise
             self._apply(stale + script)
 
+    def apply_ports(self, specs: Sequence[PortSpec]) -> None:
+        """``apply_port`` for many ports in ONE transaction (the base objects once): all of
+        them or none. Raises NetworkError before running anything when a spec is invalid."""
+        if not specs:
+            return
+        if len(specs) == 1:
+            self.apply_port(specs[0])
+            return
+        self._apply(self._base_script() + "".join(self.port_script(spec) for spec in specs))
+
     def remove_port(self, port_id: str) -> None:
         """Delete the port's map elements, chains and counters in one transaction; nothing
         happens when the port has none."""
-        check_id(port_id, "port id")
+        self.remove_ports([port_id])
+
+    def remove_ports(self, port_ids: Iterable[str]) -> None:
+        """``remove_port`` for many ports: one read of the table, one transaction."""
+        wanted = {check_id(port_id, "port id") for port_id in port_ids}
+        if not wanted:
+            return
         state = self._state()
         lines: list[str] = []
         for map_name, direction in ((OUT_MAP, "out"), (IN_MAP, "in")):
-            target = f"p{port_id}_{direction}"
             for key, verdict in state["maps"].get(map_name, {}).items():
-                if verdict == target:
+                match = PORT_CHAIN_RE.fullmatch(verdict)
+                if match and match.group(1) in wanted and verdict.endswith(f"_{direction}"):
                     lines.append(f'delete element bridge {self.table} {map_name} {{ "{key}" }}')
-        for direction in ("out", "in"):
-            if f"p{port_id}_{direction}" in state["chains"]:
-                lines.append(f"delete chain bridge {self.table} p{port_id}_{direction}")
-        for kind in ("tx", "rx", "drop"):
-            if f"c{port_id}_{kind}" in state["counters"]:
-                lines.append(f"delete counter bridge {self.table} c{port_id}_{kind}")
+        for port_id in sorted(wanted):
+            for direction in ("out", "in"):
+                if f"p{port_id}_{direction}" in state["chains"]:
+                    lines.append(f"delete chain bridge {self.table} p{port_id}_{direction}")
+            for kind in ("tx", "rx", "drop"):
+                if f"c{port_id}_{kind}" in state["counters"]:
+                    lines.append(f"delete counter bridge {self.table} c{port_id}_{kind}")
         if lines:
             self._apply("\n".join(lines) + "\n")
 

@@ -78,6 +78,7 @@ def test_counters_and_errors_reach_the_state() -> None:
     step(env, agent)
     usage = replica.state.ports[port_id]["usage"]
     assert (usage["tx_bytes"], usage["rx_packets"], usage["dropped_packets"]) == (100, 2, 3)
+    host.fail_next("apply_ports", "nft: no such table")  # the batch fails, then the port alone
     host.fail_next("apply_port", "nft: no such table")
     replica.ok("port.update", {"id": port_id, "profile": "web"})
     step(env, agent)  # an error is reported at once, not at the next interval

@@ -262,3 +262,18 @@ def test_generated_scripts_parse_in_nft(profile: str) -> None:
     done = nft_check(script)
     assert done.returncode == 0, done.stderr
     assert nft_check("add table bridge cdfilter\nadd rule bridge cdfilter nosuchchain accept\n").returncode != 0
+
+
+def test_many_ports_are_applied_and_removed_in_one_transaction_each() -> None:
+    other = PortSpec("0000000b", "000000aa", "52:54:00:12:34:57", ipv4=("10.0.0.8",))
+    fake = FakeNft(RECORDED)
+    nft = NftFilter(runner=fake)
+    nft.apply_ports([SPEC, other])
+    nft.remove_ports(["0000000a", "0000000b"])
+    assert len(fake.scripts) == 2 and [argv for argv, _ in fake.calls].count(["nft", "-j", "list", "ruleset", "bridge"]) <= 1
+    applied, removed = fake.scripts
+    assert "p0000000a_out" in applied and "p0000000b_out" in applied and applied.count("add table bridge cdfilter") == 1
+    assert "delete chain bridge cdfilter p0000000a_out" in removed and "delete chain bridge cdfilter p0000000b_in" in removed
+    with pytest.raises(NetworkError):  # one bad spec: nothing runs
+        nft.apply_ports([SPEC, PortSpec("0000000c", "000000aa", "01:00:5e:00:00:01")])
+    assert len(fake.scripts) == 2
