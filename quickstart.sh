@@ -45,6 +45,8 @@ if [ "${1:-}" = stop ]; then
       [ -e "$pid_file" ] || continue
       kill "$(cat "$pid_file")" 2>/dev/null || true
     done
+    # and their networks: bridges, VXLAN devices, taps, nftables table, dnsmasq
+    "$ROOT/.venv/bin/cloudd" network-cleanup --data-dir "$d" > /dev/null || echo "node$i: network cleanup failed" >&2
     echo "node$i stopped"
   done
   exit 0

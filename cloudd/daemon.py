@@ -147,22 +147,28 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None,
     )
 
 
-def make_network_agent(config: NodeConfig) -> NetworkAgent | None:
-    """The network loop of a hypervisor (None on storage-only nodes or with ``none``)."""
-    settings = config.network
-    if "hypervisor" not in config.roles or settings.driver == "none":
-        return None
+def make_network_drivers(config: NodeConfig) -> NetworkDrivers:
+    """The real network drivers of this node (pyroute2, nftables, dnsmasq)."""
     from cloudd.ops.dhcp import DnsmasqDhcp
     from cloudd.ops.netlink_links import NetlinkLinks
     from cloudd.ops.nft_filter import NftFilter
 
-    host, port = settings.underlay_for(config.api_addr).rsplit(":", 1)
-    drivers = NetworkDrivers(
+    settings = config.network
+    return NetworkDrivers(
         links=NetlinkLinks(prefix=settings.prefix, netns=settings.netns),
         filters=NftFilter(prefix=settings.prefix, netns=settings.netns),
         # dnsmasq reads its hosts file as "nobody": not under the (private) data dir
         dhcp=DnsmasqDhcp(Path("/run/cloudd") / f"{settings.prefix}-dhcp", prefix=settings.prefix, netns=settings.netns),
     )
+
+
+def make_network_agent(config: NodeConfig) -> NetworkAgent | None:
+    """The network loop of a hypervisor (None on storage-only nodes or with ``none``)."""
+    settings = config.network
+    if "hypervisor" not in config.roles or settings.driver == "none":
+        return None
+    host, port = settings.underlay_for(config.api_addr).rsplit(":", 1)
+    drivers = make_network_drivers(config)
     log.info("network: bridges %sb…, VXLAN underlay %s:%s", settings.prefix, host, port)
     return NetworkAgent(drivers, prefix=settings.prefix, local_ip=host.strip("[]"), local_port=int(port), usage_interval_s=settings.usage_interval_s)
 

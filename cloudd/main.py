@@ -464,6 +464,45 @@ def doctor(data_dir: str, as_json: bool, root: str | None) -> None:
     sys.exit(exit_code(worst(findings)))
 
 
+@cli.command("network-cleanup")
+@data_dir_option
+def network_cleanup(data_dir: str) -> None:
+    """Remove every bridge, VXLAN/VLAN device, tap, nftables table and DHCP server this
+    node's network agent made (its --net-prefix), e.g. after stopping it for good. The
+    node's VMs lose their network: run it with the node stopped."""
+    from cloudd.daemon import make_network_drivers, signal_daemon
+    from cloudd.ops.network import NetworkError
+
+    config = NodeConfig.load(data_dir)
+    if signal_daemon(config.data_dir, 0):
+        _fail("the node is running: stop it first")
+    if config.network.driver == "none":
+        click.echo("this node's network driver is none: nothing to remove")
+        return
+    drivers = make_network_drivers(config)
+    try:
+        networks = sorted(drivers.links.networks() | drivers.dhcp.networks())
+        for network_id in networks:
+            drivers.dhcp.remove(network_id)
+            drivers.links.remove_network(network_id)
+        taps = sorted(drivers.links.ports())
+        for port_id in taps:
+            drivers.links.remove_port(port_id)
+        drivers.filters.remove_ports(drivers.filters.ports())
+        remove_all = getattr(drivers.filters, "remove_all", None)
+        if remove_all is not None:
+            remove_all()
+        run_dir = getattr(drivers.dhcp, "run_dir", None)
+        if run_dir is not None:
+            try:
+                Path(run_dir).rmdir()
+            except OSError:
+                pass  # not empty (files of someone else's?) or gone: leave it
+    except NetworkError as exc:
+        _fail(f"network cleanup: {exc}")
+    click.echo(f"removed {len(networks)} networks and {len(taps)} taps with prefix {config.network.prefix}")
+
+
 def main() -> None:
     cli(prog_name="cloudd")
 
