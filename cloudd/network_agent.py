@@ -31,6 +31,7 @@ from cloudd.ops.compute import NicSpec
 from cloudd.ops.network import DhcpSpec, Lease, NetworkDrivers, NetworkError, NetworkSpec, PortCounters, PortSpec, device_name
 
 log = logging.getLogger(__name__)
+MAX_ERROR = 500  # what port.report keeps of an error
 
 
 @dataclass
@@ -147,9 +148,9 @@ class NetworkAgent:
                     dhcp.ensure(self.dhcp_spec(network, ports, view.vm_names))
                 else:
                     dhcp.remove(net_id)
-            except NetworkError as exc:
+            except Exception as exc:  # NetworkError, or an OSError of a tool: this network only
                 log.error("network %s: %s", network["name"], exc)
-                broken[net_id] = f"network {network['name']}: {exc}"
+                broken[net_id] = f"network {network['name']}: {exc}"[:MAX_ERROR]
         try:
             filters.ensure_base()
             filtered = filters.ports()
@@ -248,7 +249,7 @@ class NetworkAgent:
                 "rx_bytes": c.rx_bytes,
                 "rx_packets": c.rx_packets,
                 "dropped_packets": c.dropped_packets,
-                "error": self.errors.get(port_id),
+                "error": (self.errors.get(port_id) or "")[:MAX_ERROR] or None,
             }
         if await try_propose(env, "port.report", {"node": env.node_name, "ports": sample}, "port counters") is not None:
             self.usage_at = now

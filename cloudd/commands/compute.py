@@ -163,6 +163,7 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     }
     ports = new_ports(state, ctx, vm, args.get("networks", []), 0)
     vm["ports"] = [port["id"] for port in ports]
+    vm["nic_seq"] = len(ports)
     state.add_vm(vm)
     for port in ports:
         state.ports[port["id"]] = port

@@ -29,7 +29,6 @@ from cloudd.model.networks import (
 )
 from cloudd.model.state import State
 from cloudd.model.tasks import open_task
-from cloudd.model.vm import check_transition
 from cloudd.validate import Field
 
 NET_ID_RE = re.compile(r"^[0-9a-f]{8}$")
@@ -145,10 +144,11 @@ def _dns(values: list[str]) -> list[str]:
 
 def _check_no_overlap(state: State, subnet: str, owner: str | None, skip: str | None = None) -> None:
     """A subnet may not overlap a public network's or one of the same owner's networks
-    (a VM attached to both could not tell them apart)."""
+    (a VM attached to both could not tell them apart). A new public network is checked
+    against the public ones only: users' private networks cannot block it."""
     net = ipaddress.IPv4Network(subnet)
     for other in state.networks.values():
-        if other["id"] == skip or not (other["owner"] is None or other["owner"] == owner or owner is None):
+        if other["id"] == skip or not (other["owner"] is None or other["owner"] == owner):
             continue
         if net.overlaps(ipaddress.IPv4Network(other["subnet"])):
             raise CloudError("conflict", f"subnet {net} overlaps network {other['name']} ({other['subnet']})", {"field": "subnet", "network": other["id"]})
@@ -255,9 +255,20 @@ def network_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str
     return {"id": network["id"], "name": network["name"]}
 
 
-def _choose_ip(state: State, network: dict[str, Any], wanted: str | None, also_taken: frozenset[str] | set[str] = frozenset()) -> str:
+def _by_admin(state: State, ctx: Context) -> bool:
+    """Whether the command was asked by an admin (or a node), from its actor."""
+    if "node" in ctx.actor:
+        return True
+    user = state.users.get(str(ctx.actor.get("user", "")))
+    return bool(user) and user["role"] == "admin"  # type: ignore[index]
+
+
+def _choose_ip(
+    state: State, network: dict[str, Any], wanted: str | None, also_taken: frozenset[str] | set[str] = frozenset(), outside_pool_ok: bool = False
+) -> str:
     """A free address of the network's pool, or ``wanted`` once checked (``also_taken``:
-    addresses given out earlier in the same command)."""
+    addresses given out earlier in the same command). Only admins take an address outside
+    the pool (``outside_pool_ok``): the rest of the subnet may be the admin's hosts."""
     if wanted is None:
         free = free_address(state, network, also_taken)
         if free is None:
@@ -271,6 +282,9 @@ def _choose_ip(state: State, network: dict[str, Any], wanted: str | None, also_t
         raise invalid(f"{addr} is reserved on {network['name']} (network, broadcast, gateway or DHCP server)", "ip")
     if str(addr) in addresses_in_use(state, network["id"]) or str(addr) in also_taken:
         raise CloudError("conflict", f"{addr} is already assigned on {network['name']}", {"field": "ip"})
+    start, end = (ipaddress.IPv4Address(network["pool"][k]) for k in ("start", "end"))
+    if not outside_pool_ok and not start <= addr <= end:
+        raise CloudError("forbidden", f"{addr} is outside {network['name']}'s address pool {start}-{end} (only admins take those)", {"field": "ip"})
     return str(addr)
 
 
@@ -303,9 +317,9 @@ def new_ports(state: State, ctx: Context, vm: dict[str, Any], nics: list[dict[st
         network = get_network(state, nic["network"], user)
         if network["owner"] not in (None, vm["owner"]):
             raise CloudError("not_found", f"network {nic['network']} not found")
-        check_network_allowed(state, vm["owner"], network["name"])
+        check_network_allowed(state, vm["owner"], network)
         here = taken.setdefault(network["id"], set())
-        ip = _choose_ip(state, network, nic.get("ip"), here)
+        ip = _choose_ip(state, network, nic.get("ip"), here, _by_admin(state, ctx))
         here.add(ip)
         mac = _mac(state, f"{ctx.request_id}:{n}", nic.get("mac"), macs)
         macs.add(mac)
@@ -336,8 +350,8 @@ def _vm_for_nic(state: State, vm_id: str) -> dict[str, Any]:
     vm = state.vms.get(vm_id)
     if vm is None:
         raise CloudError("not_found", f"VM {vm_id} not found")
-    if vm["state"] == "deleting":
-        check_transition(vm, "running")  # 409 naming the state
+    if vm["state"] in ("deleting", "migrating"):
+        raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}: its NICs cannot change now", {"state": vm["state"]})
     return vm
 
 
@@ -347,10 +361,12 @@ def vm_nic_attach(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     the chosen) address and a unique MAC."""
     vm = _vm_for_nic(state, args["id"])
     existing = ports_of_vm(state, vm["id"])
-    slot = max((p["slot"] for p in existing), default=-1) + 1
+    # slots (and so port ids and tap names) are never reused: a NIC being unplugged keeps its own
+    slot = max(vm.get("nic_seq", 0), max((p["slot"] for p in existing), default=-1) + 1)
     (port,) = new_ports(state, ctx, vm, [{k: v for k, v in args.items() if k != "id"}], slot)
     state.ports[port["id"]] = port
     vm["ports"] = [*vm.get("ports", []), port["id"]]
+    vm["nic_seq"] = slot + 1
     task = open_task(state, ctx, "vm.nic.attach", vm, target=port["mac"], port=port["id"])
     return {"id": vm["id"], "port": dict(port), "task": dict(task)}
 
@@ -384,7 +400,7 @@ def port_ip_assign(state: State, ctx: Context, args: dict[str, Any]) -> dict[str
     network = state.networks[port["network"]]
     if len(port["ips"]) >= MAX_IPS_PER_PORT:
         raise invalid(f"a port has at most {MAX_IPS_PER_PORT} addresses", "ip")
-    ip = _choose_ip(state, network, args.get("ip"))
+    ip = _choose_ip(state, network, args.get("ip"), outside_pool_ok=_by_admin(state, ctx))
     if network["owner"] is None:
         check_quota(state, port["owner"], Usage(public_ips=1))
     port["ips"].append(ip)
@@ -438,7 +454,7 @@ def port_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
 
 def release_vm_ports(state: State, vm: dict[str, Any]) -> list[str]:
     """A deleted VM's ports (and so their addresses) are gone with it."""
-    gone = [p for p in vm.get("ports", ()) if p in state.ports]
+    gone = sorted({p for p in vm.get("ports", ()) if p in state.ports} | {p["id"] for p in state.ports.values() if p["vm"] == vm["id"]})
     for port_id in gone:
         del state.ports[port_id]
     return gone

@@ -102,11 +102,12 @@ def check_quota(state: State, owner: str, extra: Usage) -> None:
             )
 
 
-def check_network_allowed(state: State, owner: str, network: str) -> None:
-    """Refuse a network outside the owner's pool lock (no lock: every network allowed)."""
+def check_network_allowed(state: State, owner: str, network: Mapping[str, Any]) -> None:
+    """Refuse a network outside the owner's pool lock (no lock: every network allowed).
+    A lock names public networks: a private network of the same name does not pass it."""
     user = state.users.get(owner)
     pool = state.pools.get(user.get("pool") or "") if user else None
-    if pool is not None and pool["networks"] and network not in pool["networks"]:
+    if pool is not None and pool["networks"] and not (network["owner"] is None and network["name"] in pool["networks"]):
         raise CloudError(
             "forbidden",
             f"pool {pool['name']} is locked to the networks {', '.join(pool['networks'])}",

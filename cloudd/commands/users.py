@@ -43,7 +43,7 @@ def user_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     user = get_user(state, args["name"])
     if user["role"] == "admin" and sum(1 for u in state.users.values() if u["role"] == "admin") <= 1:
         raise CloudError("conflict", "cannot delete the last admin")
-    for kind, records in (("VMs", state.vms), ("volumes", state.volumes), ("images", state.images)):
+    for kind, records in (("VMs", state.vms), ("volumes", state.volumes), ("images", state.images), ("networks", state.networks)):
         owned = sorted(r["name"] for r in records.values() if r["owner"] == args["name"])
         if owned:
             raise CloudError("conflict", f"user {args['name']} still owns {kind}: {', '.join(owned[:5])}", {kind.lower(): owned})

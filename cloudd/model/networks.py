@@ -68,10 +68,10 @@ def addresses_in_use(state: State, network_id: str) -> set[str]:
 
 
 def reserved(network: dict[str, Any]) -> set[str]:
-    """Addresses no VM may have: the network's and broadcast address, the gateway and
-    the DHCP server's."""
+    """Addresses no VM may have: the network's and broadcast address, the gateway, the
+    DHCP server's and the DNS servers'."""
     net = ipaddress.IPv4Network(network["subnet"])
-    out = {str(net.network_address), str(net.broadcast_address), network["dhcp_ip"]}
+    out = {str(net.network_address), str(net.broadcast_address), network["dhcp_ip"], *network.get("dns", ())}
     if network.get("gateway"):
         out.add(network["gateway"])
     return out

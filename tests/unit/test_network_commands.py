@@ -114,3 +114,32 @@ def test_port_reports_keep_counters_of_ports_hosted_by_the_reporting_node() -> N
     assert replica.ok("port.report", {"node": "n2", "ports": {port_id: counters}})["ports"] == 0
     assert replica.ok("port.report", {"node": "n1", "ports": {port_id: counters, "ffffffff": counters}})["ports"] == 1
     assert replica.state.ports[port_id]["usage"]["rx_bytes"] == 20
+
+
+def test_review_findings_lock_by_public_name_pool_range_user_delete_and_fresh_port_ids() -> None:
+    replica = with_network(pool_start="10.0.0.10", pool_end="10.0.0.99", dns=["10.0.0.53"])
+    # a user takes an address outside the pool (the admin's hosts) only as an admin
+    bob = {"user": "bob"}
+    error = replica.do("vm.create", {"id": "vm1", "name": "a", "owner": "bob", "flavor": "small", "networks": [{"network": NET_A, "ip": "10.0.0.150"}]}, actor=bob)["error"]
+    assert error["code"] == "forbidden" and "outside" in error["message"]
+    replica.ok("vm.create", {"id": "vm1", "name": "a", "owner": "bob", "flavor": "small", "networks": [{"network": NET_A, "ip": "10.0.0.150"}]}, actor={"user": "admin"})
+    unchanged(replica, "vm.nic.attach", {"id": "vm1", "network": NET_A, "ip": "10.0.0.53"}, "invalid")  # a DNS server's
+    # a detached NIC's id (and tap name) is never given to the next one
+    first = replica.ok("vm.nic.attach", {"id": "vm1", "network": NET_A})["port"]["id"]
+    replica.ok("vm.nic.detach", {"id": "vm1", "port": first})
+    assert replica.ok("vm.nic.attach", {"id": "vm1", "network": NET_A})["port"]["id"] != first
+    # a pool locked to the public "lan" does not let a private network named lan through
+    replica.ok("network.create", {"id": "0000bbbb", "name": "lan", "subnet": "10.9.0.0/24", "owner": "bob"})
+    replica.ok("pool.create", {"name": "team", "networks": ["lan"]})
+    replica.ok("user.update", {"name": "bob", "pool": "team"})
+    unchanged(replica, "vm.nic.attach", {"id": "vm1", "network": "0000bbbb"}, "forbidden")
+    replica.ok("vm.nic.attach", {"id": "vm1", "network": NET_A})
+    # a user who owns a network cannot be deleted (it would be left with an unknown owner)
+    replica.ok("vm.delete", {"id": "vm1"})
+    error = unchanged(replica, "user.delete", {"name": "bob"}, "conflict")
+    assert "networks" in error["message"]
+    # users' private networks do not block a public one
+    replica.ok("network.create", {"id": "0000cccc", "name": "pub2", "subnet": "10.9.0.0/25"})
+
+
+NET_A = "0000aaaa"
