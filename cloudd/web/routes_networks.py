@@ -55,6 +55,20 @@ def port_view(state: State, port: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+def ip_items(state: State, port: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per address of ``port`` (IPv4 ones, then its IPv6 one), each with the
+    port's traffic counters: the filter counts per port, whichever address was used."""
+    view = port_view(state, port)
+    shared = {
+        "network": port["network"], "network_name": view["network_name"], "public": state.networks[port["network"]]["owner"] is None,
+        "port": port["id"], "vm": port["vm"], "vm_name": view["vm_name"], "owner": port["owner"], "mac": port["mac"], "usage": port.get("usage"),
+    }
+    items = [{"ip": ip, "version": 4, "primary": n == 0, **shared} for n, ip in enumerate(port["ips"])]
+    if port.get("ipv6"):
+        items.append({"ip": port["ipv6"], "version": 6, "primary": False, **shared})
+    return items
+
+
 def find_network(state: State, principal: Principal, ref: str) -> dict[str, Any]:
     """A network the caller may see, by id or name; 404 otherwise (call under the lock)."""
     user = None if principal.is_admin else principal.name
@@ -225,19 +239,7 @@ def routes(api: Api) -> list[ApiRoute]:
             for port in state.ports.values():
                 if not (everyone or port["owner"] == principal.name) or (net_id is not None and port["network"] != net_id):
                     continue
-                view = port_view(state, port)
-                for n, ip in enumerate(port["ips"]):
-                    items.append({
-                        "ip": ip, "version": 4, "primary": n == 0, "network": port["network"], "network_name": view["network_name"],
-                        "public": state.networks[port["network"]]["owner"] is None, "port": port["id"], "vm": port["vm"],
-                        "vm_name": view["vm_name"], "owner": port["owner"], "mac": port["mac"], "usage": port.get("usage"),
-                    })
-                if port.get("ipv6"):
-                    items.append({
-                        "ip": port["ipv6"], "version": 6, "primary": False, "network": port["network"], "network_name": view["network_name"],
-                        "public": state.networks[port["network"]]["owner"] is None, "port": port["id"], "vm": port["vm"],
-                        "vm_name": view["vm_name"], "owner": port["owner"], "mac": port["mac"], "usage": port.get("usage"),
-                    })
+                items += ip_items(state, port)
         items.sort(key=lambda i: (i["version"], int(ipaddress.ip_address(i["ip"]))))
         return json_response(page(items, request))
 

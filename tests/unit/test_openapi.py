@@ -313,3 +313,14 @@ def test_no_route_is_shadowed_by_an_earlier_one(app: Starlette) -> None:
             scope = {"type": "http", "path": path, "method": method}
             first = next(r for r in routes if r.matches(scope)[0] == Match.FULL)
             assert first is route, f"{method} {route.path} is answered by {first.path}"
+
+
+def test_addresses_match_their_schema() -> None:
+    replica = cluster_with_hypervisor()
+    replica.ok("network.create", {"id": "0000aaaa", "name": "lan", "subnet": "10.0.0.0/24", "ipv6_prefix": "2001:db8::/64"})
+    new_vm(replica, "vm1", networks=[{"network": "0000aaaa"}])
+    (port,) = replica.state.ports.values()
+    items = routes_networks.ip_items(replica.state, port)
+    assert [(i["version"], i["primary"]) for i in items] == [(4, True), (6, False)]
+    for item in items:
+        check("Ip", item)
