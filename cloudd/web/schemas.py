@@ -237,7 +237,7 @@ SCHEMAS: dict[str, Any] = {
     "PortIps": obj(["id", "ip", "ips"], id=STR, ip=STR, ips=STRS),
     "Ip": obj(
         ["ip", "version", "network", "port", "vm", "mac"],
-        ip=STR, version=enum(4, 6), primary=BOOL, network=STR, network_name=NSTR, public=BOOL, port=STR, vm=STR, vm_name=NSTR, owner=STR, mac=STR,
+        ip=STR, version={"type": "integer", "enum": [4, 6]}, primary=BOOL, network=STR, network_name=NSTR, public=BOOL, port=STR, vm=STR, vm_name=NSTR, owner=STR, mac=STR,
         usage={"type": "object", "nullable": True},
     ),
     "Backup": obj(["format", "taken_at", "applied_index", "state"], format=STR, taken_at=NUM, applied_index=INT, state=OBJ),
