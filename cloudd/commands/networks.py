@@ -38,6 +38,7 @@ IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 PROFILES = ("open", "web", "ssh", "closed")
 MAX_PORTS_PER_VM = 8
+VXLAN_MTU = 1450
 MAX_IPS_PER_PORT = 16
 SMALLEST_PREFIX = 16  # a /16 at most: address allocation walks the pool inside apply
 NETWORK_FIELDS = {
@@ -208,7 +209,9 @@ def network_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str
         "dhcp": args.get("dhcp", True),
         "dns": _dns(args.get("dns", [])),
         "profile": args.get("profile", "open"),
-        "mtu": args.get("mtu"),
+        # VXLAN takes 50 bytes of a 1500-byte underlay: guests are told (DHCP) and the
+        # bridge is set to 1450 unless the admin knows better (jumbo frames underneath)
+        "mtu": args.get("mtu", VXLAN_MTU if segment == "vxlan" else None),
         "description": args.get("description", ""),
         "created_at": ctx.ts,
     }
