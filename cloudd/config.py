@@ -25,6 +25,13 @@ class Timings:
     suspect_after: float = 6.0
     down_after: float = 15.0
     manager_interval: float = 1.0
+    # failover safety (DESIGN.md): a node that could not renew its lease for fence_after
+    # seconds destroys its VMs (itself, and its fence guard if cloudd is gone); the leader
+    # restarts them elsewhere only after the lease has been stale for fence_after +
+    # failover_margin on its own clock
+    fence_after: float = 10.0
+    failover_margin: float = 5.0
+    storm_share: float = 0.5  # more than this share of hypervisors lost at once: no failover, an alert
 
 
 @dataclass
