@@ -10,11 +10,12 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cloudd import __version__
 from cloudd.env import Env
 from cloudd.errors import CloudError
+from cloudd.reconcile import LeaseClock
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Agent:
         self.storage = storage  # {"export", "portal"} of a storage node
         self.network = network  # {"underlay"} of a hypervisor with VM networks
         self.registered = False
+        self.lease: LeaseClock | None = None  # noted at every committed renewal (self-fencing)
+        self.on_renewed: Callable[[], None] | None = None  # e.g. feeding the fence guard
 
     async def step(self, env: Env) -> None:
         try:
@@ -83,8 +86,14 @@ class Agent:
                     return
                 self.registered = True
                 log.info("registered with roles %s", ",".join(self.roles))
+            sent = env.monotonic()
             outcome = await env.propose("node.heartbeat", {"name": env.node_name, "usage": host_usage(self.data_dir)})
             if "error" in outcome:
                 log.warning("lease renewal refused: %s", outcome["error"]["message"])
+                return
+            if self.lease is not None:
+                self.lease.renewed(sent)  # the lease counts from when the renewal was sent
+            if self.on_renewed is not None:
+                self.on_renewed()
         except CloudError as exc:
             log.warning("lease renewal failed: %s", exc.message)

@@ -21,7 +21,7 @@ from cloudd.ops.local_disk import LocalDisks
 from cloudd.ops.storage import ExportBackend, StorageError, VolumeBackend
 from cloudd.ops.tgt import TgtDaemon, TgtExports, free_control_port
 from cloudd.raft.node import ReplicatedState
-from cloudd.reconcile import ImageSource, ImagesByPath, ReconcileSettings, VmReconciler
+from cloudd.reconcile import ImageSource, ImagesByPath, LeaseClock, ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
 from cloudd.network_agent import NetworkAgent
@@ -236,8 +236,11 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     network = await asyncio.to_thread(make_network_agent, config)  # pyroute2's sync socket runs a loop of its own
     network_info = {"underlay": config.network.underlay_for(config.api_addr)} if network is not None else None
     agent = Agent(config.data_dir, config.roles, storage_info, network_info)
+    agent.lease = LeaseClock()
     manager = Manager(config.timings)
     reconciler = make_reconciler(config, runtime.images, secret)
+    if reconciler is not None:
+        reconciler.lease, reconciler.fence_after = agent.lease, config.timings.fence_after
     storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
     manager_wake, reconcile_wake, storage_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake, storage_wake])

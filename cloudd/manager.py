@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cloudd.alloc.placement import choose_node, demand_of
+from cloudd.alloc.placement import place
+from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
 from cloudd.config import Timings
+from cloudd.failover import STORM_ALERT, FailoverPlan, plan_failover
 from cloudd.env import Env, try_propose
 
 log = logging.getLogger(__name__)
@@ -101,23 +103,48 @@ class Manager:
         ages = self.tracker.observe(nodes, env.monotonic())
         verdicts = node_verdicts(nodes, ages, self.timings)
         await self._commit_verdicts(env, verdicts)
+        await self.fail_over(env, ages)
         await self.place_pending(env)
         return verdicts
 
+    async def fail_over(self, env: Env, ages: dict[str, float]) -> FailoverPlan:
+        """Re-home the HA VMs of lost nodes (see ``cloudd.failover``)."""
+        cluster = env.state().cluster
+        plan = plan_failover(env.nodes(), env.vms(), ages, self.timings, AllocSettings.from_state(cluster))
+        alert = ((cluster.get("alerts") or {}).get(STORM_ALERT) or {}).get("message")
+        if plan.storm != alert and (plan.storm is not None or alert is not None):
+            if plan.storm:
+                log.error("fencing-storm guard: %s", plan.storm)
+            await try_propose(env, "cluster.alert_set", {"key": STORM_ALERT, "message": plan.storm}, "the storm alert")
+        vms = env.vms() if plan.waiting else {}
+        for vm_id, source, target in plan.moves:
+            args = {"id": vm_id, "from_node": source, "node": target, "observed_seq": plan.lost[source]}
+            if await try_propose(env, "vm.failover", args, f"recovering VM {vm_id}"):
+                log.warning("VM %s recovered from lost node %s onto %s", vm_id, source, target)
+        for vm_id, source, reason in plan.waiting:
+            if (vms.get(vm_id) or {}).get("error") != reason:
+                await try_propose(env, "vm.failover_waiting", {"id": vm_id, "from_node": source, "reason": reason}, f"VM {vm_id}")
+        return plan
+
     async def place_pending(self, env: Env) -> list[tuple[str, str | None]]:
         """Place pending VMs, oldest first; note why when none fits. Returns (vm, node)."""
-        nodes = env.nodes()
         vms = env.vms()
+        pending = sorted((v for v in vms.values() if v["state"] == "pending"), key=lambda v: (v["created_at"], v["id"]))
         decisions: list[tuple[str, str | None]] = []
-        for vm in sorted((v for v in vms.values() if v["state"] == "pending"), key=lambda v: (v["created_at"], v["id"])):
-            node, rejected = choose_node(nodes, vms, demand_of(vm))
+        if not pending:
+            return decisions
+        snap = Snapshot.build(env.nodes(), vms.values(), AllocSettings.from_state(env.state().cluster))
+        for vm in pending:
+            demand = demand_of(vm)
+            decision = place(snap, demand)
+            node = decision.node
             decisions.append((vm["id"], node))
             if node is not None:
                 if await try_propose(env, "vm.place", {"id": vm["id"], "node": node}, f"placing VM {vm['id']}"):
-                    vms[vm["id"]] = {**vm, "node": node, "state": "creating"}
+                    snap.add(demand, node)
                     log.info("placed VM %s (%s) on %s", vm["name"], vm["id"], node)
                 continue
-            reason = "no node can take it: " + ("; ".join(f"{n}: {r}" for n, r in sorted(rejected.items())) or "no hypervisors")
+            reason = decision.reason()
             if vm.get("state_reason") != reason[:500]:
                 await try_propose(env, "vm.unplaceable", {"id": vm["id"], "reason": reason[:500]}, f"VM {vm['id']}")
         return decisions

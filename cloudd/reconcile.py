@@ -47,6 +47,20 @@ class ReconcileSettings:
 
 
 @dataclass
+class LeaseClock:
+    """When this node last committed a lease renewal (its own monotonic clock): the agent
+    notes it, the reconciler self-fences when it is older than ``fence_after``."""
+
+    renewed_at: float = field(default_factory=time.monotonic)
+
+    def renewed(self, now: float) -> None:
+        self.renewed_at = now
+
+    def stale_for(self, now: float) -> float:
+        return now - self.renewed_at
+
+
+@dataclass
 class VmMemory:
     """What this agent remembers about a VM between steps (not replicated)."""
 
@@ -114,6 +128,9 @@ class VmReconciler:
     image_source: ImageSource = field(default_factory=ImagesByPath)
     cluster_secret: str = field(default="", repr=False)  # CHAP passwords of volumes derive from it
     node: str = ""  # this node's name (set from the Env at each pass)
+    lease: LeaseClock | None = None  # None: never self-fence (tests of other things)
+    fence_after: float = 10.0
+    fenced: bool = False  # the VMs here were destroyed for a stale lease
     fetches: ImageFetches = field(init=False)
     threads: ThreadPoolExecutor = field(init=False)
 
@@ -148,6 +165,11 @@ class VmReconciler:
             user, _ = chap_credentials(self.cluster_secret, ref["id"])
             out[ref["id"]] = IscsiSource(host.strip("[]"), int(port), volume_target(ref["id"]), me, user)
         return out
+
+    def volumes_not_here(self, vm: dict[str, Any], links: dict[str, dict[str, Any]]) -> list[str]:
+        """The VM's volumes not (yet) exported to this node."""
+        me = node_initiator(self.node)
+        return [ref["id"] for ref in vm.get("volumes", ()) if me not in (links.get(ref["id"]) or {}).get("exported_to", [])]
 
     def volumes_blocked(self, vm: dict[str, Any], links: dict[str, dict[str, Any]]) -> str | None:
         """Why the VM's volumes exported here cannot be attached (None: they can)."""
@@ -219,9 +241,51 @@ class VmReconciler:
                 log.info("VM %s: removing the disk file %s it no longer has", spec.name, path.name)
                 await self._call(self.disks.remove, path)
 
+    async def self_fence(self, env: Env) -> bool:
+        """Failover safety, the node's side: when this node could not renew its lease for
+        ``fence_after``, the leader may soon restart its HA VMs elsewhere, so every
+        cloudd domain here is destroyed first, and nothing is started until a renewal
+        commits again. True while fenced."""
+        if self.lease is None:
+            return False
+        stale = self.lease.stale_for(env.monotonic())
+        if stale < self.fence_after:
+            if self.fenced:
+                log.warning("lease renewed again: VMs here are managed again")
+            self.fenced = False
+            return False
+        try:
+            actual = await self._call(self.driver.domains)
+            running = sorted(vm_id for vm_id, seen in actual.items() if seen.power in ("running", "paused"))
+            for vm_id in running:
+                await self._call(self.driver.destroy, vm_id)
+        except ComputeError as exc:
+            log.error("self-fence: %s (the fence guard is the next line of defence)", exc)
+            return True
+        if running or not self.fenced:
+            log.error("self-fence: no lease renewal for %.1fs (fence_after %.1fs): destroyed %d VMs (%s)", stale, self.fence_after, len(running), ", ".join(running))
+        self.fenced = True
+        return True
+
+    async def remove_strangers(self, env: Env, actual: dict[str, DomainInfo], mine: dict[str, dict[str, Any]]) -> None:
+        """A domain here whose VM the state assigns to another node is a stale copy (this
+        node was lost and its VMs re-homed): destroy and undefine it, never start it."""
+        state = env.state()
+        for vm_id in sorted(set(actual) - set(mine)):
+            vm = state.vms.get(vm_id)
+            if vm is None or not vm.get("node") or vm["node"] == self.node:
+                continue  # unknown here: left alone
+            log.error("VM %s runs on %s now: removing the stale copy here", vm_id, vm["node"])
+            try:
+                await self._call(self.driver.undefine, vm_id)
+            except ComputeError as exc:
+                log.error("VM %s: removing the stale copy: %s", vm_id, exc)
+
     async def step(self, env: Env) -> None:
         """One pass over this node's VMs."""
         self.node = env.node_name
+        if await self.self_fence(env):
+            return
         mine = env.vms_on(env.node_name)
         images = env.images() if mine else {}
         links = env.volume_links(env.node_name) if mine else {}
@@ -250,9 +314,7 @@ class VmReconciler:
         for vm_id in list(self.memory):
             if vm_id not in mine:
                 del self.memory[vm_id]
-        strangers = sorted(set(actual) - set(mine))
-        if strangers:
-            log.debug("domains not assigned to this node (left alone): %s", ", ".join(strangers))
+        await self.remove_strangers(env, actual, mine)
 
     async def _converge(
         self,
@@ -278,6 +340,12 @@ class VmReconciler:
             if state != "creating":
                 log.warning("VM %s: its domain vanished behind cloudd's back", vm["name"])
             if not repair:
+                return
+            waiting = self.volumes_not_here(vm, links)
+            if waiting and vm["desired"]["power"] == "running":
+                # a re-homed (or new) VM starts once its volumes are exported to this node:
+                # the storage side switches the ACL first (storage fencing)
+                log.info("VM %s: waiting for volumes %s to be exported here", vm["name"], ", ".join(waiting))
                 return
             await self.ensure_files(vm, images)
             await self.ensure_secrets(spec)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cloudd.alloc.placement import demand_of, eligible, fits, largest_possible, used
+from cloudd.alloc.placement import AllocSettings, demand_of, eligible, fits, largest_possible, used
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
+from cloudd.commands.alloc import shared_vm_storage
 from cloudd.commands.networks import MAC_RE, MAX_PORTS_PER_VM, NIC, new_ports, release_vm_ports
 from cloudd.commands.pools import Usage, check_quota
 from cloudd.model.attachments import released_by, vm_volumes_released
@@ -89,6 +90,8 @@ def flavor_delete(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
         "swap_mb": SWAP_MB,
         "iso": Field("str", pattern=OBJECT_ID.pattern, required=False),
         "networks": Field("list", max_len=MAX_PORTS_PER_VM, item=NIC, required=False),
+        "group": Field("str", pattern=re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$"), required=False),  # anti-affinity
+        "nodes": Field("list", max_len=64, item=NODE_NAME, required=False),  # pinned: only these nodes
     },
     target="id",
     volatile=("vnc_password",),
@@ -130,9 +133,19 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         raise CloudError("conflict", f"image {image['name']} is {image['state']}, not ready", {"state": image["state"]})
     if args.get("iso"):
         usable_iso(state, args["iso"], args["owner"])
+    if args.get("ha") and not shared_vm_storage(state):
+        raise CloudError(
+            "invalid",
+            "ha needs the VM's disks on shared storage, and this cluster keeps them on each node: a VM whose node dies "
+            "cannot be restarted elsewhere without them (an admin sets shared_vm_storage when the VM directory is shared, e.g. NFS)",
+            {"field": "ha"},
+        )
+    unknown = [n for n in args.get("nodes", []) if n not in state.nodes]
+    if unknown:
+        raise CloudError("not_found", f"nodes {', '.join(unknown)} not found", {"field": "nodes"})
     total_disk = sizes["disk_gb"] + args.get("swap_mb", 0) / 1024
     check_quota(state, args["owner"], Usage(sizes["vcpus"], sizes["ram_mb"], total_disk, 1, 0))
-    biggest = largest_possible(state.nodes)
+    biggest = largest_possible(state.nodes, AllocSettings.from_state(state.cluster))
     for key, want, have in (("vcpus", sizes["vcpus"], biggest.vcpus), ("ram_mb", sizes["ram_mb"], biggest.ram_mb), ("disk_gb", total_disk, biggest.disk_gb)):
         if want > have:
             raise CloudError("invalid", f"{key}={want:g} is more than any hypervisor has ({have:g})", {"field": key})
@@ -147,6 +160,7 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         "swap_mb": args.get("swap_mb", 0),
         "disks": [],
         "ha": args.get("ha", False),
+        "placement": {"group": args.get("group"), "nodes": sorted(set(args.get("nodes", [])))},
         "ha_priority": args.get("ha_priority", 0),
         "ssh_keys": args.get("ssh_keys", []),
         "user_data": args.get("user_data"),
@@ -178,7 +192,7 @@ def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]
     node = get_node(state, args["node"])
     if vm["state"] != "pending":
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}, not pending", {"state": vm["state"]})
-    reason = eligible(node) or fits(node, demand_of(vm), used(node["name"], state.vms.values()))
+    reason = eligible(node) or fits(node, demand_of(vm), used(node["name"], state.vms.values()), AllocSettings.from_state(state.cluster))
     if reason:
         raise CloudError("conflict", f"node {node['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = node["name"]

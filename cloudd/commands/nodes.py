@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudd.alloc.snapshot import HISTORY_EVERY_S, HISTORY_MAX
 from cloudd.commands.cluster import ROLES
 from cloudd.commands.common import NODE_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
@@ -70,6 +71,12 @@ def node_heartbeat(state: State, ctx: Context, args: dict[str, Any]) -> dict[str
     node["last_heartbeat"] = ctx.ts
     if "usage" in args:
         node["usage"] = args["usage"]
+        # a bounded, downsampled history for the trend allocator: [ts, load1, ram, disk]
+        history = node.setdefault("usage_history", [])
+        if not history or ctx.ts - history[-1][0] >= HISTORY_EVERY_S:
+            usage = args["usage"]
+            history.append([ctx.ts, usage.get("load1", 0), usage.get("ram_used_mb", 0), usage.get("disk_used_gb", 0)])
+            del history[:-HISTORY_MAX]
     return {"lease_seq": node["lease_seq"]}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudd.alloc.placement import Demand, fits, largest_possible, used, vm_disk_gb
+from cloudd.alloc.placement import AllocSettings, Demand, fits, largest_possible, used, vm_disk_gb
 from cloudd.commands.common import OBJECT_ID
 from cloudd.commands.compute import DISK_GB, RAM_MB, VCPUS, get_vm, usable_iso
 from cloudd.commands.pools import Usage, check_quota
@@ -45,10 +45,10 @@ def vm_disk_add(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     check_quota(state, vm["owner"], Usage(disk_gb=size))
     if vm["node"] is not None:
         node = state.nodes.get(vm["node"])
-        reason = fits(node, Demand(0, 0, size), used(vm["node"], state.vms.values())) if node else None
+        reason = fits(node, Demand("", 0, 0, size), used(vm["node"], state.vms.values()), AllocSettings.from_state(state.cluster)) if node else None
         if reason:
             raise CloudError("conflict", f"node {vm['node']} has no room for the disk: {reason}")
-    elif size + vm_disk_gb(vm) > largest_possible(state.nodes).disk_gb:
+    elif size + vm_disk_gb(vm) > largest_possible(state.nodes, AllocSettings.from_state(state.cluster)).disk_gb:
         raise CloudError("invalid", f"size_gb={size:g} is more than any hypervisor has", {"field": "size_gb"})
     taken = {d["target"] for d in disks} | {v["target"] for v in vm.get("volumes", ())}
     target = next(t for t in EXTRA_DISK_TARGETS if t not in taken)
@@ -131,15 +131,15 @@ def vm_resize(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
         raise CloudError("invalid", "give a flavor, vcpus, ram_mb or disk_gb")
     if sizes["disk_gb"] < vm["disk_gb"]:
         raise CloudError("invalid", f"the OS disk can only grow (it has {vm['disk_gb']:g} GB)", {"field": "disk_gb"})
-    grow = Demand(max(0, sizes["vcpus"] - vm["vcpus"]), max(0, sizes["ram_mb"] - vm["ram_mb"]), sizes["disk_gb"] - vm["disk_gb"])
+    grow = Demand("", max(0, sizes["vcpus"] - vm["vcpus"]), max(0, sizes["ram_mb"] - vm["ram_mb"]), sizes["disk_gb"] - vm["disk_gb"])
     check_quota(state, vm["owner"], Usage(grow.vcpus, grow.ram_mb, grow.disk_gb, 0, 0))
     if vm["node"] is not None:
         node = state.nodes.get(vm["node"])
-        reason = fits(node, grow, used(vm["node"], state.vms.values())) if node else None
+        reason = fits(node, grow, used(vm["node"], state.vms.values()), AllocSettings.from_state(state.cluster)) if node else None
         if reason:
             raise CloudError("conflict", f"node {vm['node']} has no room for the new size: {reason}")
     else:
-        biggest = largest_possible(state.nodes)
+        biggest = largest_possible(state.nodes, AllocSettings.from_state(state.cluster))
         for key, want, have in (("vcpus", sizes["vcpus"], biggest.vcpus), ("ram_mb", sizes["ram_mb"], biggest.ram_mb)):
             if want > have:
                 raise CloudError("invalid", f"{key}={want:g} is more than any hypervisor has ({have:g})", {"field": key})

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 TASK_RETENTION = 10_000
 TRIM_BATCH = 1_000
 FINAL = ("succeeded", "failed", "superseded")
-POWER_OPS = ("vm.create", "vm.start", "vm.stop", "vm.shutdown")
+POWER_OPS = ("vm.create", "vm.start", "vm.stop", "vm.shutdown", "vm.failover")
 # power requests that replace each other: the older one is superseded
 POWER_TARGET = {"vm.start": "running", "vm.stop": "stopped", "vm.shutdown": "stopped"}
 

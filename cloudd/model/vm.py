@@ -3,7 +3,7 @@
 | state     | meaning                                                              |
 |-----------|----------------------------------------------------------------------|
 | pending   | accepted; waiting for the leader to place it on a node               |
-| creating  | placed; the node's agent defines the domain and creates its disks    |
+| creating  | placed (or re-homed by failover); the node's agent defines the domain |
 | stopped   | defined on its node, not running                                      |
 | starting  | asked to run; the agent starts it                                     |
 | running   | running on its node                                                   |
@@ -24,12 +24,13 @@ STATES = ("pending", "creating", "stopped", "starting", "running", "stopping", "
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"creating", "deleting", "error"}),
     "creating": frozenset({"stopped", "starting", "running", "error", "deleting"}),
-    "stopped": frozenset({"starting", "running", "migrating", "error", "deleting"}),
-    "starting": frozenset({"running", "stopping", "stopped", "error", "deleting"}),
-    "running": frozenset({"stopping", "stopped", "migrating", "error", "deleting"}),
-    "stopping": frozenset({"stopped", "running", "error", "deleting"}),
-    "migrating": frozenset({"running", "stopped", "error"}),
-    "error": frozenset({"starting", "stopping", "stopped", "running", "deleting"}),
+    # "creating" from a placed state: only vm.failover re-homes a VM of a lost node
+    "stopped": frozenset({"starting", "running", "migrating", "error", "deleting", "creating"}),
+    "starting": frozenset({"running", "stopping", "stopped", "error", "deleting", "creating"}),
+    "running": frozenset({"stopping", "stopped", "migrating", "error", "deleting", "creating"}),
+    "stopping": frozenset({"stopped", "running", "error", "deleting", "creating"}),
+    "migrating": frozenset({"running", "stopped", "error", "creating"}),
+    "error": frozenset({"starting", "stopping", "stopped", "running", "deleting", "creating"}),
     "deleting": frozenset(),
 }
 

@@ -28,7 +28,11 @@ CLOUDD = str(BIN / "cloudd")
 
 # libvirt's simulated hypervisor, one per cloudd process (real guests: tests/e2e)
 COMPUTE_URI = "test:///default"
-FAST_TIMINGS = {"heartbeat_interval": 0.5, "suspect_after": 2.0, "down_after": 4.0, "manager_interval": 0.25}
+FAST_TIMINGS = {
+    "heartbeat_interval": 0.5, "suspect_after": 2.0, "down_after": 4.0, "manager_interval": 0.25,
+    # self-fence after 6 s without a renewal (loose enough for a loaded CI machine), failover after 8 s
+    "fence_after": 6.0, "failover_margin": 2.0,
+}
 
 
 def free_port(host: str) -> int:

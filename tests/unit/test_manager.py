@@ -131,8 +131,9 @@ def test_pending_vms_are_placed_where_they_fit_and_the_rest_wait_with_a_reason()
     run(manager.step(env))  # n2 becomes up in this step; placement sees it next time
     run(manager.step(env))
     vms = replica.state.vms
-    # most free RAM first (8 GiB vs 4 GiB usable), ties go to the first name
-    assert [vms[v]["node"] for v in "abc"] == ["n1", "n1", "n2"]
+    # the biggest free share (RAM, vCPUs, disk) after taking the VM: n1 (8 GiB usable) first,
+    # then n2 (both would be full of RAM; n2 has more vCPUs left), then n1 again
+    assert [vms[v]["node"] for v in "abc"] == ["n1", "n2", "n1"]
     assert vms["d"]["state"] == "pending" and "RAM" in vms["d"]["state_reason"]
     proposed = len(env.proposed)
     run(manager.step(env))

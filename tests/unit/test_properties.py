@@ -103,6 +103,9 @@ ARGS: dict[str, Any] = {
             "swap_mb": st.integers(-1, 4096),
             "iso": st.sampled_from(["i1", "i2"]),
             "networks": st.lists(NIC_ARGS, max_size=3),
+            "group": st.sampled_from(["web", "db"]),
+            "nodes": st.lists(st.sampled_from(["n1", "n2", "zz"]), max_size=2),
+            "ha": st.booleans(),
         },
         ),
     ),
@@ -189,6 +192,12 @@ ARGS: dict[str, Any] = {
             "uplink": st.just("eth0"),
             "ipv6_prefix": st.sampled_from(["2001:db8::/64", "2001:db8::/48"]),
         },
+    ),
+    "vm.failover": st.fixed_dictionaries({"id": VM_IDS, "from_node": st.sampled_from(["n1", "n2"]), "node": st.sampled_from(["n1", "n2"]), "observed_seq": st.integers(0, 4)}),
+    "vm.failover_waiting": st.fixed_dictionaries({"id": VM_IDS, "from_node": st.sampled_from(["n1", "n2"]), "reason": st.just("full")}),
+    "cluster.alert_set": st.fixed_dictionaries({"key": st.sampled_from(["storm", "BAD KEY"]), "message": st.sampled_from(["x", None])}),
+    "cluster.settings_set": st.fixed_dictionaries(
+        {}, optional={"policy": st.sampled_from(["resource", "usage", "trend", "magic"]), "cpu_ratio": st.floats(0, 10), "shared_vm_storage": st.booleans(), "ram_reserve_mb": st.integers(-1, 4096)}
     ),
     "network.update": st.fixed_dictionaries({"id": NET_IDS}, optional={"name": st.sampled_from(["lan", "wan"]), "dhcp": st.booleans(), "profile": st.sampled_from(["web", "closed"])}),
     "network.delete": st.fixed_dictionaries({"id": NET_IDS}),

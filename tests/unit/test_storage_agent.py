@@ -112,15 +112,15 @@ def test_the_vm_agent_gives_a_vm_its_volume_once_exported_to_its_node_with_the_c
     new_vm(replica, "vm1")
     replica.ok("vm.place", {"id": "vm1", "node": "n1"})
     replica.ok("volume.attach", {"id": "vo1", "vm": "vm1"})
-    asyncio.run(vms.step(env))  # not exported yet: the VM starts without it
-    assert [d.target for d in compute.defined["vm1"].disks if d.iscsi] == []
+    asyncio.run(vms.step(env))  # not exported here yet: the VM waits (storage fencing comes first)
+    assert "vm1" not in compute.defined
     asyncio.run(storage.step(env))
     asyncio.run(vms.step(env))
     disk = next(d for d in compute.defined["vm1"].disks if d.iscsi)
     assert disk.target == "vdc" and disk.serial == "vo1" and disk.path == "iscsi://10.0.0.5:3260/iqn.2026-11.io.cloudd:volume:vo1/1"
     assert disk.iscsi is not None and disk.iscsi.initiator == node_initiator("n1") and disk.iscsi.chap_user == chap_credentials(SECRET, "vo1")[0]
     assert compute.secrets[volume_target("vo1")] == chap_credentials(SECRET, "vo1")[1]
-    assert "vdc" in compute.live["vm1"]  # hot-plugged into the running guest
+    assert "vdc" in compute.live["vm1"]  # in the guest from its first start
     xml = disk_xml(disk)
     assert "protocol=\"iscsi\"" in xml and "<secret type=\"iscsi\" usage=\"iqn.2026-11.io.cloudd:volume:vo1\"" in xml
     assert "<iqn name=\"iqn.2026-11.io.cloudd:node:n1\"" in xml and "<host name=\"10.0.0.5\" port=\"3260\"" in xml

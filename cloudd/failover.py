@@ -1,0 +1,72 @@
+"""The leader's failover decision: pure, over node records, VM records and lease ages.
+
+A hypervisor is *lost* when its status is ``down`` and its lease has been stale for at
+least ``fence_after + failover_margin`` on the leader's own clock (ages restart from zero
+with every new leader). By then the node destroyed its VMs itself, or its fence guard did
+(DESIGN.md, failover safety). The lost nodes' HA VMs are re-homed in priority order
+(highest ``ha_priority`` first, then the oldest), each where the allocator puts it; a VM
+with no room waits in ``error`` with the reason and is tried again on the next pass.
+
+The fencing-storm guard: when more than ``storm_share`` of the hypervisors are lost at
+once, the cause is more likely the leader's own side of a partition or a site-wide fault
+than many dead hosts: nothing is re-homed and an alert says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cloudd.alloc.placement import place
+from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
+from cloudd.config import Timings
+
+STORM_ALERT = "failover-storm"
+
+
+@dataclass
+class FailoverPlan:
+    lost: dict[str, int] = field(default_factory=dict)  # node -> the lease sequence judged
+    storm: str | None = None  # the alert's message when the storm guard holds
+    moves: list[tuple[str, str, str]] = field(default_factory=list)  # (vm, from, to)
+    waiting: list[tuple[str, str, str]] = field(default_factory=list)  # (vm, from, reason)
+
+
+def lost_nodes(nodes: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float], timings: Timings) -> dict[str, int]:
+    grace = timings.fence_after + timings.failover_margin
+    return {
+        name: node["lease_seq"]
+        for name, node in sorted(nodes.items())
+        if "hypervisor" in node.get("roles", []) and node.get("status") == "down" and ages.get(name, 0.0) >= grace
+    }
+
+
+def plan_failover(
+    nodes: Mapping[str, Mapping[str, Any]], vms: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float], timings: Timings, settings: AllocSettings
+) -> FailoverPlan:
+    plan = FailoverPlan(lost=lost_nodes(nodes, ages, timings))
+    if not plan.lost:
+        return plan
+    hypervisors = sum(1 for n in nodes.values() if "hypervisor" in n.get("roles", []))
+    if hypervisors > 1 and len(plan.lost) > timings.storm_share * hypervisors:
+        plan.storm = (
+            f"{len(plan.lost)} of {hypervisors} hypervisors lost at once ({', '.join(plan.lost)}): more than "
+            f"{timings.storm_share:.0%}, so no VM is restarted elsewhere; check the network and power, then bring "
+            "the nodes back or remove them"
+        )
+        return plan
+    stranded = [vm for vm in vms.values() if vm.get("node") in plan.lost and vm.get("ha") and vm["state"] not in ("deleting", "pending")]
+    if not stranded:
+        return plan
+    snap = Snapshot.build(nodes, vms.values(), settings)
+    for vm in sorted(stranded, key=lambda v: (-int(v.get("ha_priority", 0)), v.get("created_at", 0), v["id"])):
+        demand = demand_of(vm)
+        decision = place(snap, demand, exclude=frozenset(plan.lost))
+        if decision.node is None:
+            refused = {n: r for n, r in decision.refused.items() if n not in plan.lost}
+            why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items())) or "no other hypervisor"
+            plan.waiting.append((vm["id"], vm["node"], f"node {vm['node']} is lost and no node can take the VM: {why}"[:500]))
+        else:
+            snap.add(demand, decision.node)
+            plan.moves.append((vm["id"], vm["node"], decision.node))
+    return plan
