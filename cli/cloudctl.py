@@ -146,7 +146,7 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "cloudctl", "_CLOUDCTL_COMPLETE").source())
 
 
-from cli import commands_cluster, commands_compute, commands_images, commands_networks, commands_pools, commands_storage, commands_users  # noqa: E402
+from cli import commands_alloc, commands_cluster, commands_compute, commands_images, commands_networks, commands_pools, commands_storage, commands_users  # noqa: E402
 
 commands_cluster.register(cli)
 commands_users.register(cli)
@@ -155,6 +155,7 @@ commands_compute.register(cli)
 commands_images.register(cli)
 commands_storage.register(cli)
 commands_networks.register(cli)
+commands_alloc.register(cli)
 
 
 def main() -> None:

@@ -54,6 +54,57 @@ def register(cli: click.Group) -> None:
             )
             click.echo()
             emit(data["members"], "table", MEMBER_COLUMNS)
+            for key, alert in sorted((data["cluster"].get("alerts") or {}).items()):
+                click.echo(f"\nALERT {key}: {alert['message']}")
+
+        run(body)
+
+    @cluster.command("settings")
+    @click.option("--policy", type=click.Choice(["resource", "usage", "trend"]), default=None, help="How the allocator scores nodes.")
+    @click.option("--cpu-ratio", type=float, default=None, help="vCPUs per physical core.")
+    @click.option("--ram-reserve", "ram_reserve_mb", type=int, default=None, help="MiB of each hypervisor's RAM kept for the host.")
+    @click.option("--disk-reserve", "disk_reserve_gb", type=float, default=None, help="GB of each hypervisor's disk kept free.")
+    @click.option("--shared-vm-storage/--local-vm-storage", default=None, help="The VM directory is shared (e.g. NFS): HA VMs may be restarted elsewhere.")
+    @pass_ctx
+    def cluster_settings(ctx: Ctx, policy: str | None, cpu_ratio: float | None, ram_reserve_mb: int | None, disk_reserve_gb: float | None, shared_vm_storage: bool | None) -> None:
+        """Show or change the allocation settings (admin).
+
+        \b
+        Examples:
+          cloudctl cluster settings
+          cloudctl cluster settings --policy trend --cpu-ratio 8
+          cloudctl cluster settings --shared-vm-storage
+        """
+        body = {k: v for k, v in (("policy", policy), ("cpu_ratio", cpu_ratio), ("ram_reserve_mb", ram_reserve_mb), ("disk_reserve_gb", disk_reserve_gb), ("shared_vm_storage", shared_vm_storage)) if v is not None}
+        run(lambda: emit(ctx.client().request("PATCH" if body else "GET", "/api/v1/cluster/settings", body if body else None), ctx.output))
+
+    @cluster.command("capacity")
+    @click.option("--flavor", default=None, help="How many more VMs of this flavor fit.")
+    @pass_ctx
+    def cluster_capacity(ctx: Ctx, flavor: str | None) -> None:
+        """Capacity per node, how many more VMs of a flavor fit, and whether the cluster
+        survives the loss of any one node (N+1).  Example: cloudctl cluster capacity --flavor small"""
+
+        def body() -> None:
+            data = ctx.client().request("GET", "/api/v1/cluster/capacity", params={"flavor": flavor} if flavor else None)
+            if ctx.output == "json":
+                emit(data, "json")
+                return
+            rows = [
+                {
+                    "node": n["node"], "usable": "yes" if n["usable"] else n["reason"], "vms": n["vms"],
+                    "vcpus": f"{n['vcpus']['allocated']}/{n['vcpus']['capacity']:g}", "ram_mb": f"{n['ram_mb']['allocated']}/{n['ram_mb']['capacity']:g}",
+                    "disk_gb": f"{n['disk_gb']['allocated']:g}/{n['disk_gb']['capacity']:g}",
+                    **({"fits": data["flavor"]["per_node"].get(n["node"], 0)} if "flavor" in data else {}),
+                }
+                for n in data["nodes"]
+            ]
+            emit(rows, "table")
+            if "flavor" in data:
+                click.echo(f"\n{data['flavor']['fits']} more VMs of flavor {data['flavor']['name']} fit")
+            n1 = data["n_plus_one"]
+            click.echo("N+1: every VM finds room if any one node is lost" if n1["ok"] else
+                       "N+1 NOT met: " + "; ".join(f"losing {node} strands {', '.join(vms)}" for node, vms in sorted(n1["at_risk"].items())))
 
         run(body)
 

@@ -109,12 +109,15 @@ def register(cli: click.Group) -> None:
     @click.option("--ha/--no-ha", default=False, help="Restart it elsewhere when its node dies.")
     @click.option("--stopped", is_flag=True, help="Create it without starting it.")
     @click.option("--network", "networks", multiple=True, help="NETWORK or NETWORK=IP: a NIC on that network (repeatable, in order).")
+    @click.option("--group", default=None, help="Anti-affinity group: never on a node with another VM of the group.")
+    @click.option("--pin", "pinned", multiple=True, help="Only on this node (repeatable: one of these nodes).")
     @wait_option
     @timeout_option
     @pass_ctx
     def vm_create(
         ctx: Ctx, name: str, flavor: str | None, vcpus: int | None, ram_mb: int | None, disk_gb: float | None, image: str | None, ssh_keys: tuple[str, ...],
-        user_data: IO[str] | None, swap_mb: int | None, iso: str | None, ha: bool, stopped: bool, networks: tuple[str, ...], wait: bool, timeout: float,
+        user_data: IO[str] | None, swap_mb: int | None, iso: str | None, ha: bool, stopped: bool, networks: tuple[str, ...], group: str | None,
+        pinned: tuple[str, ...], wait: bool, timeout: float,
     ) -> None:
         """Create a VM from a flavor (or explicit sizes) and an image.
 
@@ -132,6 +135,10 @@ def register(cli: click.Group) -> None:
             body["ssh_keys"] = list(ssh_keys)
         if user_data is not None:
             body["user_data"] = user_data.read()
+        if group:
+            body["group"] = group
+        if pinned:
+            body["nodes"] = list(pinned)
         if networks:
             from cli.commands_networks import parse_nic
 

@@ -45,6 +45,8 @@ VM_CREATE = {
     "swap_mb": Field("int", required=False),
     "iso": Field("str", max_len=128, required=False),
     "owner": Field("str", max_len=64, required=False),
+    "group": Field("str", max_len=64, required=False),
+    "nodes": Field("list", max_len=64, item=Field("str", max_len=63), required=False),
     "networks": Field("list", max_len=8, item=Field("obj", spec={**NIC_FIELDS, "network": Field("str", max_len=64)}), required=False),
 }
 VM_ACTION: dict[str, Field] = {}

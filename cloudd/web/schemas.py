@@ -240,6 +240,23 @@ SCHEMAS: dict[str, Any] = {
         ip=STR, version={"type": "integer", "enum": [4, 6]}, primary=BOOL, network=STR, network_name=NSTR, public=BOOL, port=STR, vm=STR, vm_name=NSTR, owner=STR, mac=STR,
         usage={"type": "object", "nullable": True},
     ),
+    "ClusterSettings": obj(
+        ["policy", "cpu_ratio", "ram_reserve_mb", "shared_vm_storage"],
+        policy=enum("resource", "usage", "trend"), cpu_ratio=NUM, ram_reserve_mb=INT, disk_reserve_gb=NUM, trend_horizon_s=NUM,
+        rebalance_auto=BOOL, rebalance_max_moves=INT, shared_vm_storage=BOOL,
+    ),
+    "Capacity": obj(
+        ["policy", "n_plus_one", "nodes"],
+        policy=STR, flavor=obj(["name", "fits", "per_node"], name=STR, fits=INT, per_node=OBJ),
+        n_plus_one=obj(["ok", "at_risk"], ok=BOOL, at_risk={**OBJ, "description": "node -> the VMs that would find no room if it were lost"}),
+        nodes={"type": "array", "items": obj(["node", "usable"], node=STR, usable=BOOL, reason=NSTR, vcpus=OBJ, ram_mb=OBJ, disk_gb=OBJ, vms=INT)},
+    ),
+    "Placement": obj(
+        ["vm", "node", "candidates", "refused"],
+        vm=STR, name=STR, current_node=NSTR, policy=STR, node=NSTR,
+        candidates={"type": "array", "items": obj(["node", "total"], node=STR, total=NUM, ram=NUM, cpu=NUM, disk=NUM)},
+        refused={"type": "array", "items": obj(["node", "reason"], node=STR, reason=STR)},
+    ),
     "Backup": obj(["format", "taken_at", "applied_index", "state"], format=STR, taken_at=NUM, applied_index=INT, state=OBJ),
     "Pool": obj(
         ["name", "limits", "networks"],

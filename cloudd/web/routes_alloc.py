@@ -1,0 +1,110 @@
+"""Allocation for admins: the cluster's settings, a VM's placement explained, capacity.
+
+/api/v1/cluster/settings          GET, PATCH   policy, overcommit, reserves, shared storage
+/api/v1/cluster/capacity          GET          how many more VMs of a flavor fit; N+1
+/api/v1/vms/{ref}/placement       GET          every node's score or refusal for this VM
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cloudd.alloc.placement import fit_count, n_plus_one, place
+from cloudd.alloc.snapshot import AllocSettings, Demand, Snapshot, demand_of
+from cloudd.commands.alloc import SETTINGS_FIELDS, settings_view
+from cloudd.errors import CloudError
+from cloudd.web.api import Api, find_owned
+from cloudd.web.auth import require_admin
+from cloudd.web.http import guarded, json_response, read_json
+from cloudd.web.openapi import PATH_PARAM, ApiRoute, Doc, Param
+
+SETTINGS_UPDATE = SETTINGS_FIELDS
+
+
+def routes(api: Api) -> list[ApiRoute]:
+    runtime = api.runtime
+
+    def snapshot() -> Snapshot:
+        """Call under the replica's lock."""
+        state = runtime.raft.state
+        return Snapshot.build(state.nodes, state.vms.values(), AllocSettings.from_state(state.cluster))
+
+    @guarded
+    async def settings_show(request: Request) -> Response:
+        require_admin(await api.principal(request))
+        await api.fresh(request)
+        with runtime.raft.lock:
+            return json_response(settings_view(runtime.raft.state))
+
+    @guarded
+    async def settings_update(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        body = await read_json(request, SETTINGS_UPDATE)
+        result, index = await api.commit(request, principal, "cluster.settings_set", body)
+        return json_response(result, index=index)
+
+    @guarded
+    async def capacity_show(request: Request) -> Response:
+        require_admin(await api.principal(request))
+        await api.fresh(request)
+        name = request.query_params.get("flavor")
+        with runtime.raft.lock:
+            state = runtime.raft.state
+            snap = snapshot()
+            answer: dict[str, Any] = {"policy": snap.settings.policy}
+            if name is not None:
+                flavor = state.flavors.get(name)
+                if flavor is None:
+                    raise CloudError("not_found", f"flavor {name} not found")
+                per_node = fit_count(snap, Demand("", flavor["vcpus"], flavor["ram_mb"], float(flavor["disk_gb"])))
+                answer["flavor"] = {"name": name, "fits": sum(per_node.values()), "per_node": per_node}
+            stranded = n_plus_one(snap)
+            names = {vm_id: state.vms[vm_id]["name"] for vms in stranded.values() for vm_id in vms if vm_id in state.vms}
+            answer["n_plus_one"] = {
+                "ok": not any(stranded.values()),
+                "at_risk": {node: sorted(names.get(v, v) for v in vms) for node, vms in stranded.items() if vms},
+            }
+            answer["nodes"] = [
+                {
+                    "node": n, "usable": load.usable is None, "reason": load.usable,
+                    "vcpus": {"allocated": load.alloc_vcpus, "capacity": load.cap_vcpus},
+                    "ram_mb": {"allocated": load.alloc_ram_mb, "capacity": load.cap_ram_mb, "used": load.used_ram_mb},
+                    "disk_gb": {"allocated": round(load.alloc_disk_gb, 3), "capacity": load.cap_disk_gb},
+                    "vms": len(load.vms),
+                }
+                for n, load in snap.nodes.items()
+            ]
+        return json_response(answer)
+
+    @guarded
+    async def placement_explain(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        await api.fresh(request)
+        with runtime.raft.lock:
+            vm = find_owned(runtime.raft.state.vms, principal, request.path_params["ref"], "VM")
+            snap = snapshot()
+            snap.remove(vm["id"])  # as if placing it anew
+            decision = place(snap, demand_of(vm))
+        return json_response({"vm": vm["id"], "name": vm["name"], "current_node": vm.get("node"), "policy": snap.settings.policy, **decision.to_dict()})
+
+    return [
+        ApiRoute("/api/v1/cluster/settings", settings_show, "GET", Doc("The allocation policy and its settings, and whether VM disks are on shared storage", "admin", "cluster", response="ClusterSettings")),
+        ApiRoute("/api/v1/cluster/settings", settings_update, "PATCH", Doc(
+            "Change allocation settings (only those given)", "admin", "cluster", body=SETTINGS_UPDATE, response="ClusterSettings",
+            description="policy: resource (allocations), usage (observed use) or trend (a short forecast of it). "
+            "shared_vm_storage: the VM directory is shared (e.g. NFS), so HA VMs can be restarted on another node.",
+        )),
+        ApiRoute("/api/v1/cluster/capacity", capacity_show, "GET", Doc(
+            "Capacity planning: how many more VMs of a flavor fit, per node, and whether every VM finds room if any one node is lost (N+1)",
+            "admin", "cluster", response="Capacity", query={"flavor": Param("a flavor's name")},
+        )),
+        ApiRoute("/api/v1/vms/{ref}/placement", placement_explain, "GET", Doc(
+            "Where the allocator would place this VM now, with every node's score (and its parts) or the reason it is refused",
+            "admin", "vms", response="Placement", path_params={"ref": Param("the VM's id or name", PATH_PARAM)},
+        )),
+    ]
