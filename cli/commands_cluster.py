@@ -78,6 +78,27 @@ def register(cli: click.Group) -> None:
         body = {k: v for k, v in (("policy", policy), ("cpu_ratio", cpu_ratio), ("ram_reserve_mb", ram_reserve_mb), ("disk_reserve_gb", disk_reserve_gb), ("shared_vm_storage", shared_vm_storage)) if v is not None}
         run(lambda: emit(ctx.client().request("PATCH" if body else "GET", "/api/v1/cluster/settings", body if body else None), ctx.output))
 
+    @cluster.command("rebalance")
+    @click.option("--dry-run/--apply", "dry_run", default=True, help="Only show the plan (default), or carry it out.")
+    @click.option("--max-moves", type=int, default=None, help="At most this many moves (default: the cluster's setting).")
+    @pass_ctx
+    def cluster_rebalance(ctx: Ctx, dry_run: bool, max_moves: int | None) -> None:
+        """Plan moves that even out the hypervisors (admin); --apply carries them out as
+        migrations.  Example: cloudctl cluster rebalance --dry-run --max-moves 5"""
+        body: dict[str, Any] = {"apply": not dry_run}
+        if max_moves is not None:
+            body["max_moves"] = max_moves
+
+        def go() -> None:
+            data = ctx.client().request("POST", "/api/v1/cluster/rebalance", body)
+            if ctx.output == "json":
+                emit(data, "json")
+                return
+            emit(data["moves"], "table", ["name", "vm", "from", "to", "gain"]) if data["moves"] else click.echo("nothing to move: the cluster is as even as it gets")
+            click.echo(f"score {data['score_before']:.4f} -> {data['score_after']:.4f} (sum of per-node spreads; lower is more even)")
+
+        run(go)
+
     @cluster.command("capacity")
     @click.option("--flavor", default=None, help="How many more VMs of this flavor fit.")
     @pass_ctx

@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cloudd.alloc.placement import fit_count, n_plus_one, place
+from cloudd.alloc.rebalance import plan_rebalance
+from cloudd.validate import Field
 from cloudd.alloc.snapshot import AllocSettings, Demand, Snapshot, demand_of
 from cloudd.commands.alloc import SETTINGS_FIELDS, settings_view
 from cloudd.errors import CloudError
@@ -22,6 +25,7 @@ from cloudd.web.http import guarded, json_response, read_json
 from cloudd.web.openapi import PATH_PARAM, ApiRoute, Doc, Param
 
 SETTINGS_UPDATE = SETTINGS_FIELDS
+REBALANCE = {"apply": Field("bool", required=False), "max_moves": Field("int", min=1, max=1000, required=False)}
 
 
 def routes(api: Api) -> list[ApiRoute]:
@@ -92,7 +96,40 @@ def routes(api: Api) -> list[ApiRoute]:
             decision = place(snap, demand_of(vm))
         return json_response({"vm": vm["id"], "name": vm["name"], "current_node": vm.get("node"), "policy": snap.settings.policy, **decision.to_dict()})
 
+    @guarded
+    async def rebalance(request: Request) -> Response:
+        principal = await api.principal(request)
+        require_admin(principal)
+        body = await read_json(request, REBALANCE)
+        await api.fresh(request)
+        with runtime.raft.lock:
+            snap = snapshot()
+            movable = {v["id"] for v in runtime.raft.state.vms.values() if v["state"] in ("running", "stopped")}
+        # planned outside the replica's lock (and off the event loop): commands go on applying
+        plan = await asyncio.to_thread(plan_rebalance, snap, body.get("max_moves", snap.settings.rebalance_max_moves), lambda d: d.vm_id in movable)
+        with runtime.raft.lock:
+            names = {m.vm_id: (runtime.raft.state.vms.get(m.vm_id) or {}).get("name", m.vm_id) for m in plan.moves}
+        answer = {
+            "moves": [{"vm": m.vm_id, "name": names[m.vm_id], "from": m.source, "to": m.target, "gain": m.gain} for m in plan.moves],
+            "score_before": round(plan.score_before, 6), "score_after": round(plan.score_after, 6),
+            "spread_before": plan.spread_before, "spread_after": plan.spread_after,
+            "n_plus_one_before": plan.n_plus_one_before, "n_plus_one_after": plan.n_plus_one_after,
+            "applied": False,
+        }
+        if body.get("apply") and plan.moves:
+            raise CloudError(
+                "conflict", "the plan's moves are migrations, and this version cannot migrate VMs yet: review the plan (apply=false)",
+                {"plan": answer},
+            )
+        return json_response(answer)
+
     return [
+        ApiRoute("/api/v1/cluster/rebalance", rebalance, "POST", Doc(
+            "Plan (and, once VMs can migrate, apply) a bounded list of moves that evens out the hypervisors, keeping N+1 when it held",
+            "admin", "cluster", body=REBALANCE, response="Rebalance",
+            description="The score is a sum of standard deviations across nodes (allocated RAM, vCPU and disk shares; observed RAM "
+            "under the usage and trend policies), like Ganeti's hbal. apply=true answers 409 with the plan while migration is missing.",
+        )),
         ApiRoute("/api/v1/cluster/settings", settings_show, "GET", Doc("The allocation policy and its settings, and whether VM disks are on shared storage", "admin", "cluster", response="ClusterSettings")),
         ApiRoute("/api/v1/cluster/settings", settings_update, "PATCH", Doc(
             "Change allocation settings (only those given)", "admin", "cluster", body=SETTINGS_UPDATE, response="ClusterSettings",

@@ -251,6 +251,11 @@ SCHEMAS: dict[str, Any] = {
         n_plus_one=obj(["ok", "at_risk"], ok=BOOL, at_risk={**OBJ, "description": "node -> the VMs that would find no room if it were lost"}),
         nodes={"type": "array", "items": obj(["node", "usable"], node=STR, usable=BOOL, reason=NSTR, vcpus=OBJ, ram_mb=OBJ, disk_gb=OBJ, vms=INT)},
     ),
+    "Rebalance": obj(
+        ["moves", "score_before", "score_after", "applied"],
+        moves={"type": "array", "items": obj(["vm", "from", "to", "gain"], vm=STR, name=STR, **{"from": STR}, to=STR, gain=NUM)},
+        score_before=NUM, score_after=NUM, spread_before=OBJ, spread_after=OBJ, n_plus_one_before=BOOL, n_plus_one_after=BOOL, applied=BOOL,
+    ),
     "Placement": obj(
         ["vm", "node", "candidates", "refused"],
         vm=STR, name=STR, current_node=NSTR, policy=STR, node=NSTR,
