@@ -24,6 +24,7 @@ from cloudd.raft.node import ReplicatedState
 from cloudd.reconcile import ImageSource, ImagesByPath, LeaseClock, ReconcileSettings, VmReconciler
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
+from cloudd.fence_guard import FenceFeeder
 from cloudd.network_agent import NetworkAgent
 from cloudd.ops.network import NetworkDrivers
 from cloudd.storage_agent import StorageReconciler
@@ -237,6 +238,12 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     network_info = {"underlay": config.network.underlay_for(config.api_addr)} if network is not None else None
     agent = Agent(config.data_dir, config.roles, storage_info, network_info)
     agent.lease = LeaseClock()
+    if "hypervisor" in config.roles:
+        # feed the fence guard (its own unit) only while the lease is renewed: when cloudd
+        # dies or hangs with its VMs alive, the guard destroys them before the leader
+        # restarts them elsewhere
+        feeder = FenceFeeder(Path(config.data_dir) / "fence.sock")
+        agent.on_renewed = lambda: feeder.feed(config.timings.fence_after) and None
     manager = Manager(config.timings)
     reconciler = make_reconciler(config, runtime.images, secret)
     if reconciler is not None:

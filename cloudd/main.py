@@ -503,6 +503,19 @@ def network_cleanup(data_dir: str) -> None:
     click.echo(f"removed {len(networks)} networks and {len(taps)} taps with prefix {config.network.prefix}")
 
 
+@cli.command("fence-guard")
+@data_dir_option
+def fence_guard(data_dir: str) -> None:
+    """Run this node's fence guard in the foreground (systemd: cloudd-fence-guard.service).
+
+    Armed by cloudd's first feed on <data dir>/fence.sock; when the feeds stop for
+    fence_after seconds, it destroys every cloudd VM on this node (libvirt, then SIGKILL
+    of their qemu processes) and notes it in <data dir>/fence.log."""
+    from cloudd.fence_guard import serve as run
+
+    run(data_dir)
+
+
 def main() -> None:
     cli(prog_name="cloudd")
 
