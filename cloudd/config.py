@@ -56,6 +56,7 @@ class ComputeSettings:
     vnc_port_max: int = 6899
     reconcile_interval_s: float = 2.0
     swap_dir: str = ""  # the node's local fast storage for swap disks; "" = <data dir>/vms
+    vm_dir: str = ""  # the VMs' disks; "" = <data dir>/vms. Shared storage (NFS) at one path on every node allows HA
     image_upload_max_gb: float = 64.0  # GiB; a larger upload is refused with 413
 
 
