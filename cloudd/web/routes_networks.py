@@ -256,6 +256,8 @@ def routes(api: Api) -> list[ApiRoute]:
     @guarded
     async def vm_nics_attach(request: Request) -> Response:
         principal = await api.principal(request)
+        with runtime.raft.lock:  # someone else's VM is not found, whatever the body says
+            find_owned(runtime.raft.state.vms, principal, request.path_params["ref"], "VM")
         body = await read_json(request, NIC_ATTACH)
         with runtime.raft.lock:
             state = runtime.raft.state
