@@ -3,7 +3,8 @@
 A hypervisor is *lost* when its status is ``down`` and its lease has been stale for at
 least ``fence_after + failover_margin`` on the leader's own clock (ages restart from zero
 with every new leader). By then the node destroyed its VMs itself, or its fence guard did
-(DESIGN.md, failover safety). The lost nodes' HA VMs are re-homed in priority order
+(DESIGN.md, failover safety). The lost nodes' HA VMs (and VMs placed there that never
+started: nothing of them runs) are re-homed in priority order
 (highest ``ha_priority`` first, then the oldest), each where the allocator puts it; a VM
 with no room waits in ``error`` with the reason and is tried again on the next pass.
 
@@ -19,6 +20,7 @@ from typing import Any, Mapping
 
 from cloudd.alloc.placement import place
 from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
+from cloudd.commands.failover import never_ran
 from cloudd.config import Timings
 
 STORM_ALERT = "failover-storm"
@@ -55,7 +57,10 @@ def plan_failover(
             "the nodes back or remove them"
         )
         return plan
-    stranded = [vm for vm in vms.values() if vm.get("node") in plan.lost and vm.get("ha") and vm["state"] not in ("deleting", "pending")]
+    stranded = [
+        vm for vm in vms.values()
+        if vm.get("node") in plan.lost and vm["state"] not in ("deleting", "pending") and (vm.get("ha") or never_ran(vm))
+    ]
     if not stranded:
         return plan
     snap = Snapshot.build(nodes, vms.values(), settings)

@@ -27,6 +27,7 @@ class LeaseTracker:
     """Per node: the last lease sequence seen and when (leader's monotonic clock)."""
 
     seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    renewing: set[str] = field(default_factory=set)  # seen renewing since the tracker started
 
     def observe(self, nodes: Mapping[str, dict[str, Any]], now: float) -> dict[str, float]:
         """Record sequences; return each node's lease age in seconds."""
@@ -35,14 +36,18 @@ class LeaseTracker:
             seq = node["lease_seq"]
             previous = self.seen.get(name)
             if previous is None or previous[0] != seq:
+                if previous is not None:
+                    self.renewing.add(name)
                 self.seen[name] = (seq, now)
             ages[name] = now - self.seen[name][1]
         for name in [n for n in self.seen if n not in nodes]:
             del self.seen[name]
+            self.renewing.discard(name)
         return ages
 
     def reset(self) -> None:
         self.seen.clear()
+        self.renewing.clear()
 
 
 def liveness(age: float, ever_renewed: bool, timings: Timings) -> str:
@@ -53,13 +58,25 @@ def liveness(age: float, ever_renewed: bool, timings: Timings) -> str:
     return "up"
 
 
-def node_verdicts(nodes: Mapping[str, dict[str, Any]], ages: dict[str, float], timings: Timings) -> list[dict[str, Any]]:
-    """Pure: the ``node.status_set`` arguments needed to bring statuses up to date."""
+def node_verdicts(
+    nodes: Mapping[str, dict[str, Any]], ages: dict[str, float], timings: Timings, renewing: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Pure: the ``node.status_set`` arguments needed to bring statuses up to date.
+
+    ``renewing``: the nodes this leader has seen renew their lease. A young lease age only
+    means "not seen long enough" for the others (a new leader starts every age from zero):
+    a node judged down or suspect at its current lease sequence is not declared up until
+    it renews."""
     verdicts = []
     for name, node in nodes.items():
         if name not in ages:
             continue
         status = liveness(ages[name], node["lease_seq"] > 0, timings)
+        if (
+            status == "up" and node["status"] in ("down", "suspect") and renewing is not None and name not in renewing
+            and node["lease_seq"] <= node.get("status_seq", -1)
+        ):
+            continue  # judged at this very lease: no renewal since, whatever a fresh clock says
         if status == "up" and node["maintenance"]:
             status = "maintenance"
         if status != node["status"]:
@@ -101,7 +118,7 @@ class Manager:
             self.tracker.reset()
         nodes = env.nodes()
         ages = self.tracker.observe(nodes, env.monotonic())
-        verdicts = node_verdicts(nodes, ages, self.timings)
+        verdicts = node_verdicts(nodes, ages, self.timings, self.tracker.renewing)
         await self._commit_verdicts(env, verdicts)
         await self.fail_over(env, ages)
         await self.place_pending(env)

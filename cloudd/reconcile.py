@@ -49,15 +49,25 @@ class ReconcileSettings:
 @dataclass
 class LeaseClock:
     """When this node last committed a lease renewal (its own monotonic clock): the agent
-    notes it, the reconciler self-fences when it is older than ``fence_after``."""
+    notes it, the reconciler self-fences when it is older than ``fence_after``.
 
-    renewed_at: float = field(default_factory=time.monotonic)
+    A fresh clock has never been renewed: the replica it reads may be stale (the node may
+    have booted cut off from the majority, its VMs already re-homed), so nothing is
+    started until a renewal commits, and without one for ``fence_after`` after the start,
+    the node fences itself as if its lease had expired."""
+
+    renewed_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
     def renewed(self, now: float) -> None:
         self.renewed_at = now
 
+    @property
+    def ever_renewed(self) -> bool:
+        return self.renewed_at is not None
+
     def stale_for(self, now: float) -> float:
-        return now - self.renewed_at
+        return now - (self.renewed_at if self.renewed_at is not None else self.started_at)
 
 
 @dataclass
@@ -286,6 +296,8 @@ class VmReconciler:
         self.node = env.node_name
         if await self.self_fence(env):
             return
+        if self.lease is not None and not self.lease.ever_renewed:
+            return  # no lease yet: this replica may be stale, start nothing
         mine = env.vms_on(env.node_name)
         images = env.images() if mine else {}
         links = env.volume_links(env.node_name) if mine else {}

@@ -1,16 +1,17 @@
 """Rebalancing: a bounded list of VM moves that evens out the hypervisors (pure).
 
 The cluster's score is, like Ganeti's hbal, a sum of standard deviations across the
-usable hypervisors: of the allocated share of RAM, of vCPUs (against the overcommitted
-capacity) and of disk, and, under the usage and trend policies, of the observed (or
-forecast) RAM use. Lower is better; 0 is perfectly even.
+usable hypervisors: of the allocated share of RAM, of vCPUs per physical core (half
+weight) and of disk, and, under the usage and trend policies, of the observed (or forecast) RAM use.
+Lower is better; 0 is perfectly even.
 
 The planner is greedy: each round it tries moving one VM from one of the fullest nodes to
 one of the emptiest that may take it (hard rules as for placement: room, pinning,
 anti-affinity) and keeps the move that lowers the score most, until no move helps by at
 least ``min_gain`` or ``max_moves`` are planned. Sums and sums of squares are kept per
 metric, so trying a move costs O(1) whatever the cluster's size; only the ``breadth``
-fullest and emptiest nodes are searched each round. When the cluster met N+1 before, a
+fullest and emptiest nodes by each metric are searched each round; once the score is below
+0.1 a move must gain at least 0.003 (like hbal's rule: no churn for crumbs). When the cluster met N+1 before, a
 plan that would break it is cut back until it holds again.
 """
 
@@ -50,7 +51,9 @@ def node_metrics(load: NodeLoad, policy: str, extra: tuple[float, float, float] 
     vcpus, ram, disk = extra
     out = {
         "ram": (load.alloc_ram_mb + ram) / load.cap_ram_mb if load.cap_ram_mb else 0.0,
-        "cpu": (load.alloc_vcpus + vcpus) / load.cap_vcpus if load.cap_vcpus else 0.0,
+        # vCPUs per physical core (hbal's measure), at half weight: with it cloudd evens out
+        # vCPUs as well as hbal does and RAM better (bench/alloc_vs_hbal.py)
+        "cpu": (load.alloc_vcpus + vcpus) / (2 * load.cores),
         "disk": (load.alloc_disk_gb + disk) / load.cap_disk_gb if load.cap_disk_gb else 0.0,
     }
     if policy != "resource":
@@ -105,8 +108,8 @@ def plan_rebalance(
     snap: Snapshot,
     max_moves: int = 10,
     movable: Callable[[Demand], bool] = lambda d: True,
-    min_gain: float = 1e-4,
-    breadth: int = 12,
+    min_gain: float = 1e-3,
+    breadth: int = 8,
     keep_n_plus_one: bool = True,
 ) -> Plan:
     """A plan of at most ``max_moves`` moves (``snap`` is not changed)."""
@@ -123,9 +126,18 @@ def plan_rebalance(
     plan.n_plus_one_before = n1_before
     moved: set[str] = set()
     for _ in range(max_moves):
-        ranked = sorted(usable, key=lambda n: (sum(spread.values[n].values()), n))
-        sources, targets = ranked[-breadth:], ranked[:breadth]
+        # the fullest and the emptiest nodes by each metric: a CPU-heavy, RAM-light node is
+        # a candidate too
+        sources_set: set[str] = set()
+        targets_set: set[str] = set()
+        for key in spread.sum:
+            ranked = sorted(usable, key=lambda n: (spread.values[n][key], n))
+            targets_set.update(ranked[:breadth])
+            sources_set.update(ranked[-breadth:])
+        sources, targets = sorted(sources_set), sorted(targets_set)
         current = spread.score()
+        # like hbal: once the cluster is fairly even, only moves that clearly help
+        needed = max(min_gain, 0.003) if current < 0.1 else min_gain
         best: tuple[float, str, str, str] | None = None  # (new score, vm, source, target)
         for source in sources:
             for vm_id, d in usable[source].vms.items():
@@ -138,7 +150,7 @@ def plan_rebalance(
                     score = spread.score_if({source: away, target: node_metrics(usable[target], policy, (d.vcpus, d.ram_mb, d.disk_gb))})
                     if best is None or score < best[0] - 1e-12 or (abs(score - best[0]) <= 1e-12 and (vm_id, target) < (best[1], best[3])):
                         best = (score, vm_id, source, target)
-        if best is None or current - best[0] < min_gain:
+        if best is None or current - best[0] < needed:
             break
         score, vm_id, source, target = best
         d = work.remove(vm_id)

@@ -176,7 +176,7 @@ class Snapshot:
         snap = cls(loads, settings)
         for vm in vms:
             node = vm.get("node")
-            if node in loads and vm.get("state") != "deleting":
+            if node in loads:  # a VM being deleted holds its resources until it is gone
                 snap.add(demand_of(vm), node)
         return snap
 

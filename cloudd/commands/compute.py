@@ -348,6 +348,12 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if args.get("action_seq") is not None and args["action_seq"] >= vm["desired"]["action_seq"]:
         vm["desired"]["action"] = None
     now = vm["state"]
+    if vm.get("failover_waiting") and not error:
+        # an HA VM that found no room elsewhere: its own node is back, so it is managed again
+        vm["failover_waiting"] = False
+        vm["error"] = None
+        move(vm, "running" if power == "running" else "stopped", ctx.ts, "its node is back")
+        now = vm["state"]
     if now == "deleting":
         if power == "absent":
             state.remove_vm(vm["id"])

@@ -30,6 +30,12 @@ def _vm(state: State, vm_id: str) -> dict[str, Any]:
     return vm
 
 
+def never_ran(vm: dict[str, Any]) -> bool:
+    """A VM placed on a node that never reported it: nothing of it can be running there,
+    so it may be placed elsewhere like an HA VM."""
+    return vm["state"] == "creating" and not (vm.get("observed") or {}).get("power")
+
+
 def _lost(state: State, name: str, observed_seq: int) -> dict[str, Any]:
     node = get_node(state, name)
     if node["lease_seq"] != observed_seq:
@@ -46,7 +52,7 @@ def vm_failover(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     vm = _vm(state, args["id"])
     if vm["node"] != args["from_node"]:
         raise CloudError("conflict", f"VM {vm['name']} is on {vm['node']}, not {args['from_node']}")
-    if not vm.get("ha"):
+    if not (vm.get("ha") or never_ran(vm)):
         raise CloudError("conflict", f"VM {vm['name']} is not HA")
     if vm["state"] in ("deleting", "pending"):
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}", {"state": vm["state"]})
@@ -57,6 +63,7 @@ def vm_failover(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
         raise CloudError("conflict", f"node {target['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = target["name"]
     vm["error"] = None
+    vm["failover_waiting"] = False
     vm["observed"] = {"power": None, "ts": None, "error": None, "vnc_port": None, "disks": [], "nics": [], "device_error": None}
     vm["recovered"] = {"from": args["from_node"], "to": target["name"], "at": ctx.ts}
     move(vm, "creating", ctx.ts, f"recovered from {args['from_node']} (its lease went stale)")
@@ -73,6 +80,7 @@ def vm_failover_waiting(state: State, ctx: Context, args: dict[str, Any]) -> dic
     if vm["node"] != args["from_node"]:
         raise CloudError("conflict", f"VM {vm['name']} is on {vm['node']}, not {args['from_node']}")
     vm["error"] = args["reason"]
+    vm["failover_waiting"] = True  # cleared when its own node reports it again, or it moves
     if vm["state"] != "error":
         move(vm, "error", ctx.ts, args["reason"][:200])
     else:

@@ -104,6 +104,7 @@ def node_status_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[st
         node["status"] = args["status"]
         node["status_since"] = ctx.ts
         node["status_reason"] = args.get("reason")
+        node["status_seq"] = args["observed_seq"]  # the lease the verdict judged
     return {"name": node["name"], "status": node["status"]}
 
 
