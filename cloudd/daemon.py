@@ -148,6 +148,9 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None,
     )
 
 
+SELF_FENCE_CHECK_S = 0.25
+
+
 def make_network_drivers(config: NodeConfig) -> NetworkDrivers:
     """The real network drivers of this node (pyroute2, nftables, dnsmasq)."""
     from cloudd.ops.dhcp import DnsmasqDhcp
@@ -269,6 +272,9 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
             await runtime.images.report_copies(runtime.env)  # image copies fetched for VMs
 
         tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, reconcile, stop, reconcile_wake)))
+        # the self-fence on its own short timer: a reconcile pass can take seconds (a slow
+        # proposal, a slow libvirt call), and the leader's margin must not be eaten by it
+        tasks.append(asyncio.create_task(_every(SELF_FENCE_CHECK_S, lambda: reconciler.self_fence(runtime.env), stop)))
     if storage is not None:
         tasks.append(asyncio.create_task(_every(config.compute.reconcile_interval_s, lambda: storage.step(runtime.env), stop, storage_wake)))
     tasks.append(asyncio.create_task(_every(60.0, lambda: runtime.images.prune(runtime.env.images()), stop)))

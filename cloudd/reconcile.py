@@ -369,6 +369,8 @@ class VmReconciler:
         if desired["power"] == "running":
             memory.shutdown_since = None
             if not running and (repair or state != "running") and state != "error":
+                if self.lease is not None and self.lease.stale_for(env.monotonic()) >= self.fence_after:
+                    return  # the lease ran out during this pass: start nothing (the self-fence follows)
                 if state == "running":
                     log.warning("VM %s: found off behind cloudd's back; starting it again", vm["name"])
                 await self._call(self.driver.start, vm_id)
