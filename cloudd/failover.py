@@ -44,8 +44,15 @@ def lost_nodes(nodes: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float]
 
 
 def plan_failover(
-    nodes: Mapping[str, Mapping[str, Any]], vms: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float], timings: Timings, settings: AllocSettings
+    nodes: Mapping[str, Mapping[str, Any]],
+    vms: Mapping[str, Mapping[str, Any]],
+    ages: Mapping[str, float],
+    timings: Timings,
+    settings: AllocSettings,
+    renewing: set[str] | None = None,
 ) -> FailoverPlan:
+    """``renewing``: the nodes the leader has seen renew their lease (None: all); VMs are
+    re-homed onto those only."""
     plan = FailoverPlan(lost=lost_nodes(nodes, ages, timings))
     if not plan.lost:
         return plan
@@ -66,7 +73,8 @@ def plan_failover(
     snap = Snapshot.build(nodes, vms.values(), settings)
     for vm in sorted(stranded, key=lambda v: (-int(v.get("ha_priority", 0)), v.get("created_at", 0), v["id"])):
         demand = demand_of(vm)
-        decision = place(snap, demand, exclude=frozenset(plan.lost))
+        unseen = set() if renewing is None else set(snap.nodes) - renewing
+        decision = place(snap, demand, set(plan.lost) | unseen)
         if decision.node is None:
             refused = {n: r for n, r in decision.refused.items() if n not in plan.lost}
             why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items())) or "no other hypervisor"

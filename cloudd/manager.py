@@ -20,6 +20,9 @@ from cloudd.failover import STORM_ALERT, FailoverPlan, plan_failover
 from cloudd.env import Env, try_propose
 
 log = logging.getLogger(__name__)
+# a new leader has seen no node renew yet: an "up" status and a young age inherited from the
+# previous term prove nothing, so VMs go only to nodes seen renewing in this term
+NOT_SEEN_RENEWING = "not seen renewing its lease since this leader took over"
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Manager:
     async def fail_over(self, env: Env, ages: dict[str, float]) -> FailoverPlan:
         """Re-home the HA VMs of lost nodes (see ``cloudd.failover``)."""
         cluster = env.state().cluster
-        plan = plan_failover(env.nodes(), env.vms(), ages, self.timings, AllocSettings.from_state(cluster))
+        plan = plan_failover(env.nodes(), env.vms(), ages, self.timings, AllocSettings.from_state(cluster), self.tracker.renewing)
         alert = ((cluster.get("alerts") or {}).get(STORM_ALERT) or {}).get("message")
         if plan.storm != alert and (plan.storm is not None or alert is not None):
             if plan.storm:
@@ -151,9 +154,10 @@ class Manager:
         if not pending:
             return decisions
         snap = Snapshot.build(env.nodes(), vms.values(), AllocSettings.from_state(env.state().cluster))
+        unseen = set(snap.nodes) - self.tracker.renewing
         for vm in pending:
             demand = demand_of(vm)
-            decision = place(snap, demand)
+            decision = place(snap, demand, unseen, NOT_SEEN_RENEWING)
             node = decision.node
             decisions.append((vm["id"], node))
             if node is not None:

@@ -78,14 +78,14 @@ def score(load: NodeLoad, d: Demand, settings: AllocSettings) -> Score:
     return Score(sum(WEIGHTS[k] * v for k, v in parts.items()), parts)
 
 
-def place(snap: Snapshot, d: Demand, exclude: frozenset[str] = frozenset()) -> Decision:
+def place(snap: Snapshot, d: Demand, exclude: frozenset[str] | set[str] = frozenset(), why_excluded: str = "excluded") -> Decision:
     """The best node for ``d`` (None when no node may take it), with every node's score or
     refusal. ``exclude``: nodes not to consider (the VM's current one, a dead one)."""
     decision = Decision(None)
     best: tuple[float, str] | None = None
     for name, load in snap.nodes.items():
         if name in exclude:
-            decision.refused[name] = "excluded"
+            decision.refused[name] = why_excluded
             continue
         why = load.refusal(d)
         if why is not None:

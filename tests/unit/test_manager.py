@@ -130,6 +130,11 @@ def test_pending_vms_are_placed_where_they_fit_and_the_rest_wait_with_a_reason()
     replica.ok("node.heartbeat", {"name": "n2"})
     run(manager.step(env))  # n2 becomes up in this step; placement sees it next time
     run(manager.step(env))
+    assert all(v["node"] is None for v in replica.state.vms.values())  # no renewal seen by this leader yet
+    assert "not seen renewing" in replica.state.vms["a"]["state_reason"]
+    for name in ("n1", "n2"):
+        replica.ok("node.heartbeat", {"name": name})
+    run(manager.step(env))
     vms = replica.state.vms
     # the biggest free share (RAM, vCPUs, disk) after taking the VM: n1 (8 GiB usable) first,
     # then n2 (both would be full of RAM; n2 has more vCPUs left), then n1 again
