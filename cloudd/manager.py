@@ -61,6 +61,9 @@ def liveness(age: float, ever_renewed: bool, timings: Timings) -> str:
     return "up"
 
 
+SEVERITY = {"up": 0, "suspect": 1, "down": 2}
+
+
 def node_verdicts(
     nodes: Mapping[str, dict[str, Any]], ages: dict[str, float], timings: Timings, renewing: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -76,7 +79,7 @@ def node_verdicts(
             continue
         status = liveness(ages[name], node["lease_seq"] > 0, timings)
         if (
-            status == "up" and node["status"] in ("down", "suspect") and renewing is not None and name not in renewing
+            SEVERITY.get(status, 0) < SEVERITY.get(node["status"], 0) and renewing is not None and name not in renewing
             and node["lease_seq"] <= node.get("status_seq", -1)
         ):
             continue  # judged at this very lease: no renewal since, whatever a fresh clock says

@@ -518,4 +518,6 @@ def would_move(vm: dict[str, Any], power: str) -> bool:
         or (state in ("starting", "stopped") and power == "running")
         or (state in ("stopping", "running") and off)
         or (state == "deleting" and power == "absent")
+        # an HA VM that waited for room while this node was lost: a report says "back"
+        or (bool(vm.get("failover_waiting")) and power != "absent")
     )
