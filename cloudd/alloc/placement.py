@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cloudd.alloc.snapshot import AllocSettings, Demand, NodeLoad, Snapshot, demand_of, eligibility, vm_disk_gb
+from cloudd.alloc.snapshot import AllocSettings, Demand, NodeLoad, Snapshot, demand_of, vm_disk_gb
+from cloudd.alloc.snapshot import eligibility as eligible
 
 WEIGHTS = {"ram": 0.5, "cpu": 0.3, "disk": 0.2}
 
 __all__ = [
-    "AllocSettings", "Capacity", "Decision", "Demand", "Score", "Snapshot", "capacity", "choose_node", "demand_of", "eligible", "fits",
+    "AllocSettings", "Capacity", "Decision", "Demand", "Score", "Snapshot", "capacity", "demand_of", "eligible", "fits",
     "fit_count", "largest_possible", "n_plus_one", "place", "score", "used", "vm_disk_gb",
 ]
 
@@ -183,16 +184,6 @@ def fits(node: Mapping[str, Any], demand: Demand, in_use: Demand, settings: Allo
     if in_use.disk_gb + demand.disk_gb > cap.disk_gb:
         return f"disk: {cap.disk_gb - in_use.disk_gb:g} GB free, {demand.disk_gb:g} GB needed"
     return None
-
-
-def eligible(node: Mapping[str, Any]) -> str | None:
-    return eligibility(node)
-
-
-def choose_node(nodes: Mapping[str, Mapping[str, Any]], vms: Mapping[str, Mapping[str, Any]], demand: Demand) -> tuple[str | None, dict[str, str]]:
-    """Pick a node for ``demand`` under the default settings (tests and simple callers)."""
-    decision = place(Snapshot.build(nodes, vms.values()), demand)
-    return decision.node, decision.refused
 
 
 def largest_possible(nodes: Mapping[str, Mapping[str, Any]], settings: AllocSettings | None = None) -> Capacity:

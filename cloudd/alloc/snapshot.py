@@ -12,7 +12,6 @@ No I/O, no clock: time comes in with the data (usage samples carry their own tim
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
@@ -208,15 +207,3 @@ class Snapshot:
     def copy(self) -> "Snapshot":
         nodes = {n: replace(load, groups=Counter(load.groups), vms=dict(load.vms)) for n, load in self.nodes.items()}
         return Snapshot(nodes, self.settings, dict(self.where))
-
-    def without(self, node: str) -> "Snapshot":
-        """A copy in which ``node`` is gone (its VMs unassigned): for N+1 questions."""
-        snap = self.copy()
-        for vm_id in list(snap.nodes[node].vms):
-            snap.remove(vm_id)
-        del snap.nodes[node]
-        return snap
-
-
-def ratio(part: float, whole: float) -> float:
-    return part / whole if whole > 0 else (0.0 if part <= 0 else math.inf)

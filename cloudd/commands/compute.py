@@ -185,6 +185,11 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     return {"id": vm["id"], "name": vm["name"], "state": vm["state"], "task": dict(task)}
 
 
+def refusal(state: State, node: dict[str, Any], vm: dict[str, Any]) -> str | None:
+    """Why ``node`` cannot take ``vm`` now (None: it can), checked inside apply."""
+    return eligible(node) or fits(node, demand_of(vm), used(node["name"], state.vms.values()), AllocSettings.from_state(state.cluster))
+
+
 @command("vm.place", {"id": OBJECT_ID, "node": NODE_NAME}, target="id")
 def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """The leader assigns a pending VM to a node with room (checked again here)."""
@@ -192,7 +197,7 @@ def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]
     node = get_node(state, args["node"])
     if vm["state"] != "pending":
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}, not pending", {"state": vm["state"]})
-    reason = eligible(node) or fits(node, demand_of(vm), used(node["name"], state.vms.values()), AllocSettings.from_state(state.cluster))
+    reason = refusal(state, node, vm)
     if reason:
         raise CloudError("conflict", f"node {node['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = node["name"]

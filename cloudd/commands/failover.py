@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cloudd.alloc.placement import AllocSettings, demand_of, eligible, fits, used
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, get_node, require_initialized
+from cloudd.commands.compute import refusal
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
 from cloudd.model.state import State
@@ -58,7 +58,7 @@ def vm_failover(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}", {"state": vm["state"]})
     _lost(state, args["from_node"], args["observed_seq"])
     target = get_node(state, args["node"])
-    reason = eligible(target) or fits(target, demand_of(vm), used(target["name"], state.vms.values()), AllocSettings.from_state(state.cluster))
+    reason = refusal(state, target, vm)
     if reason:
         raise CloudError("conflict", f"node {target['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = target["name"]

@@ -28,15 +28,14 @@ from cloudd.model.networks import (
     visible_to,
 )
 from cloudd.model.state import State
+from cloudd.ops.network import NET_ID_RE, PROFILES
 from cloudd.model.tasks import open_task
 from cloudd.validate import Field
 
-NET_ID_RE = re.compile(r"^[0-9a-f]{8}$")
 NET_ID = Field("str", pattern=NET_ID_RE)
 NETWORK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-PROFILES = ("open", "web", "ssh", "closed")
 MAX_PORTS_PER_VM = 8
 VXLAN_MTU = 1450
 MAX_IPS_PER_PORT = 16

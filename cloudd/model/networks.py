@@ -19,6 +19,7 @@ import ipaddress
 from typing import Any, Iterable
 
 from cloudd.model.state import State
+from cloudd.ops.network import eui64_address  # noqa: F401  (ports' IPv6 addresses; re-exported)
 
 MAC_PREFIX = "52:54:00"  # qemu/KVM's OUI: guests' drivers and tools know it
 VNI_FIRST = 1000
@@ -42,15 +43,6 @@ def derived_mac(seed: str, taken: set[str]) -> str:
         if mac not in taken:
             return mac
     raise RuntimeError("no free MAC")
-
-
-def eui64_address(prefix: str, mac: str) -> str:
-    """The address a guest forms from a /64 ``prefix`` and its MAC (modified EUI-64)."""
-    net = ipaddress.IPv6Network(prefix)
-    octets = [int(p, 16) for p in mac.split(":")]
-    octets[0] ^= 0x02
-    eui = bytes(octets[:3] + [0xFF, 0xFE] + octets[3:])
-    return str(ipaddress.IPv6Address(int(net.network_address) | int.from_bytes(eui, "big")))
 
 
 def ports_of_vm(state: State, vm_id: str) -> list[dict[str, Any]]:

@@ -239,9 +239,15 @@ class NetworkDrivers:
     notes: list[str] = field(default_factory=list)
 
 
-def link_local_ipv6(mac: str) -> str:
-    """The EUI-64 link-local address a guest derives from its MAC (RFC 4291)."""
-    octets = [int(part, 16) for part in check_mac(mac).split(":")]
+def eui64_address(prefix: str, mac: str) -> str:
+    """The address a guest forms from a /64 ``prefix`` and its MAC (modified EUI-64,
+    RFC 4291)."""
+    octets = [int(part, 16) for part in mac.lower().split(":")]
     octets[0] ^= 0x02
-    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
-    return str(ipaddress.IPv6Address(bytes([0xFE, 0x80] + [0] * 6 + eui)))
+    eui = bytes(octets[:3] + [0xFF, 0xFE] + octets[3:])
+    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Network(prefix).network_address) | int.from_bytes(eui, "big")))
+
+
+def link_local_ipv6(mac: str) -> str:
+    """The EUI-64 link-local address a guest derives from its MAC."""
+    return eui64_address("fe80::/64", check_mac(mac))

@@ -199,11 +199,15 @@ def routes(api: Api) -> list[ApiRoute]:
             state = runtime.raft.state
             return json_response(port_view(state, find_port(state, principal, request.path_params["id"])))
 
+    def port_id_of(principal: Principal, request: Request) -> str:
+        """The path's port, if the caller may act on it (404 otherwise)."""
+        with runtime.raft.lock:
+            return str(find_port(runtime.raft.state, principal, request.path_params["id"])["id"])
+
     @guarded
     async def ports_update(request: Request) -> Response:
         principal = await api.principal(request)
-        with runtime.raft.lock:
-            port_id = find_port(runtime.raft.state, principal, request.path_params["id"])["id"]
+        port_id = port_id_of(principal, request)
         body = await read_json(request, PORT_UPDATE)
         result, index = await api.commit(request, principal, "port.update", {"id": port_id, **body})
         return json_response(result, index=index)
@@ -211,8 +215,7 @@ def routes(api: Api) -> list[ApiRoute]:
     @guarded
     async def ports_ip_assign(request: Request) -> Response:
         principal = await api.principal(request)
-        with runtime.raft.lock:
-            port_id = find_port(runtime.raft.state, principal, request.path_params["id"])["id"]
+        port_id = port_id_of(principal, request)
         body = await read_json(request, IP_ASSIGN)
         result, index = await api.commit(request, principal, "port.ip.assign", {"id": port_id, **body})
         return json_response(result, status=201, index=index)
@@ -220,8 +223,7 @@ def routes(api: Api) -> list[ApiRoute]:
     @guarded
     async def ports_ip_unassign(request: Request) -> Response:
         principal = await api.principal(request)
-        with runtime.raft.lock:
-            port_id = find_port(runtime.raft.state, principal, request.path_params["id"])["id"]
+        port_id = port_id_of(principal, request)
         result, index = await api.commit(request, principal, "port.ip.unassign", {"id": port_id, "ip": request.path_params["ip"]})
         return json_response(result, index=index)
 
@@ -257,12 +259,10 @@ def routes(api: Api) -> list[ApiRoute]:
     async def vm_nics_attach(request: Request) -> Response:
         principal = await api.principal(request)
         with runtime.raft.lock:  # someone else's VM is not found, whatever the body says
-            find_owned(runtime.raft.state.vms, principal, request.path_params["ref"], "VM")
+            vm = find_owned(runtime.raft.state.vms, principal, request.path_params["ref"], "VM")
         body = await read_json(request, NIC_ATTACH)
         with runtime.raft.lock:
-            state = runtime.raft.state
-            vm = find_owned(state.vms, principal, request.path_params["ref"], "VM")
-            (nic,) = resolve_nics(state, principal, [body])
+            (nic,) = resolve_nics(runtime.raft.state, principal, [body])
         result, index = await api.commit(request, principal, "vm.nic.attach", {"id": vm["id"], **nic})
         return accepted(result, index)
 
