@@ -84,6 +84,7 @@ class DomainSpec:
     serial_log: str | None = None
     machine: str | None = None
     interfaces: tuple[NicSpec, ...] = field(default_factory=tuple)  # in the order the guest sees them
+    cpu_model: str | None = None  # a named CPU model every node of the VM's group runs (None: the hypervisor's default)
     kernel: str | None = None  # direct kernel boot (test guests); None boots from the disk
     initrd: str | None = None
     cmdline: str | None = None
@@ -97,6 +98,50 @@ class DomainSpec:
         """A short hash of the whole spec: stored in the domain's metadata, so an agent can
         tell whether the definition on the host is the one it would write now."""
         return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MigrationTarget:
+    """Where a live migration goes: the target node's libvirt as the SOURCE's libvirtd
+    reaches it (peer to peer), and where qemu sends the guest's memory."""
+
+    node: str
+    libvirt_uri: str  # e.g. qemu+tls://hv2.example/system (production), qemu+unix:///system?socket=… (tests)
+    migrate_uri: str | None = None  # e.g. tcp://10.0.0.2 (the migration network); None: libvirt's default
+    tunnelled: bool = False  # carry the memory stream inside libvirt's own (TLS) connection
+    tls: bool = False  # qemu's native TLS for the memory stream
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    bandwidth_mib_s: int | None = None  # None: unlimited
+    max_downtime_ms: int | None = None  # None: libvirt's default (300 ms)
+    copy_disks: tuple[str, ...] = ()  # targets of node-local disks to copy along (e.g. swap on local storage)
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """A running (or just finished) live migration job, as libvirt reports it."""
+
+    elapsed_s: float = 0.0
+    data_total: int = 0  # bytes: memory (and disks being copied)
+    data_processed: int = 0
+    data_remaining: int = 0
+    memory_dirty_rate: int = 0  # pages per second
+    iteration: int = 0  # memory passes so far
+
+    @property
+    def percent(self) -> int:
+        if self.data_total <= 0:
+            return 0
+        return max(0, min(99, int(100 * (self.data_total - self.data_remaining) / self.data_total)))
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    downtime_ms: float | None  # the guest's pause at the switch-over, when libvirt measured it
+    elapsed_s: float
+    data_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,3 +214,27 @@ class ComputeDriver(Protocol):
     def usage(self, vm_id: str) -> dict[str, float]:
         """Counters of a running domain: ``cpu_time_s`` (cumulative), ``ram_used_mb``,
         ``disk_read_bytes``, ``disk_write_bytes`` (cumulative, all disks). Empty when off."""
+
+    # --- live migration (peer to peer; see MigrationTarget) ---
+
+    live_migration: bool  # False: this hypervisor cannot live-migrate (libvirt's test driver)
+
+    def migrate_live(self, vm_id: str, target: MigrationTarget, target_spec: DomainSpec, options: LiveOptions) -> MigrationResult:
+        """Blocking, for as long as the migration runs (call it from a thread of its own).
+        Moves the running domain to ``target``: the definition there is the live one (same
+        ABI) with the node-specific parts of ``target_spec`` (bridges, taps, disk sources
+        and iSCSI initiator, serial log, VNC listen address, VNC password). On success the
+        domain runs on the target, is defined (persistent) there and is undefined here. On
+        failure or ``abort_migration`` raises ComputeError and the domain keeps running
+        here (libvirt resumes it)."""
+
+    def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        """The running migration job of the domain; None when none runs."""
+
+    def abort_migration(self, vm_id: str) -> None:
+        """Cancel the domain's running migration job (``migrate_live`` then raises); no-op
+        when none runs."""
+
+    def cpu_models(self) -> list[str]:
+        """The named CPU models this host can run guests with, as the hypervisor reports
+        them usable for the node's domain type (empty when it cannot tell)."""
