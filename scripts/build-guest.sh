@@ -10,7 +10,9 @@
 #                      - mounts a NoCloud seed (a filesystem labelled cidata), prints
 #                        "CLOUDD-GUEST-SEED hostname=<local-hostname>" and sets the hostname,
 #                        or prints "CLOUDD-GUEST-SEED none"
-#                      - prints CLOUDD-GUEST-BOOTED on the serial console
+#                      - prints CLOUDD-GUEST-BOOTED on the serial console, then every second
+#                        "CLOUDD-GUEST-HEARTBEAT uptime=<s> token=<16 hex>" (the token is random,
+#                        drawn once per boot and kept in RAM only)
 #                      - prints "CLOUDD-GUEST-HOTPLUG add|remove <kernel name>" for block
 #                        devices that come or go while it runs
 #                      - offers a root login on tty1 (the VNC screen)
@@ -158,7 +160,14 @@ uevent /bin/cloudd-hotplug &
 
 disks=$( (ls /sys/block | grep '^vd'; ls /sys/block | grep -v '^vd') | tr '\n' ' ')
 echo "CLOUDD-GUEST-BOOTED $(uname -r) disks: $disks input: $(ls /dev/input | tr '\n' ' ')" > /dev/console
-while true; do sleep 3600; done
+# a token held in RAM only (the root is the initramfs): after a live migration the same
+# token and a still-growing uptime prove the guest kept its memory and did not reboot
+token=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+while true; do
+  read -r up _ < /proc/uptime
+  echo "CLOUDD-GUEST-HEARTBEAT uptime=$up token=$token" > /dev/console
+  sleep 1
+done
 SH
   chmod +x "$root/init"
   (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > initrd.img

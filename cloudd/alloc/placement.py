@@ -163,11 +163,15 @@ def capacity(node: Mapping[str, Any], settings: AllocSettings | None = None) -> 
     return Capacity(inv.get("cpus", 0) * settings.cpu_ratio, max(0, inv.get("ram_mb", 0) - settings.ram_reserve_mb), inv.get("disk_gb", 0.0))
 
 
-def used(node_name: str, vms: Any) -> Demand:
+def used(node_name: str, vms: Any, exclude: str | None = None) -> Demand:
+    """What the VMs take from ``node_name``: those assigned to it and those migrating to it
+    (their room is held on both nodes until the move ends); ``exclude``: one VM left out."""
     vcpus = ram = 0
     disk = 0.0
     for vm in vms:
-        if vm.get("node") == node_name:
+        if vm["id"] == exclude:
+            continue
+        if vm.get("node") == node_name or (vm.get("migration") or {}).get("target") == node_name:
             vcpus += vm["vcpus"]
             ram += vm["ram_mb"]
             disk += vm_disk_gb(vm)

@@ -32,6 +32,11 @@ class AllocSettings:
     trend_horizon_s: float = 1800.0  # how far ahead the trend policy looks
     rebalance_auto: bool = False
     rebalance_max_moves: int = 10
+    rebalance_interval_s: float = 600.0  # rebalance_auto: how often the leader looks
+    migrations_per_node: int = 2  # at once, as source or target
+    migrations_per_cluster: int = 4
+    migration_bandwidth_mib_s: int = 0  # live migrations; 0: unlimited
+    migration_max_downtime_ms: int = 300  # the longest pause a live migration may cause
 
     @classmethod
     def from_state(cls, cluster: Mapping[str, Any]) -> "AllocSettings":
@@ -86,6 +91,7 @@ class NodeLoad:
     forecast_ram_mb: float = 0.0
     groups: Counter[str] = field(default_factory=Counter)
     vms: dict[str, Demand] = field(default_factory=dict)
+    reserved: dict[str, Demand] = field(default_factory=dict)  # migrating here, not yet here
 
     def free_after(self, d: Demand) -> tuple[float, float, float]:
         return (
@@ -177,7 +183,21 @@ class Snapshot:
             node = vm.get("node")
             if node in loads:  # a VM being deleted holds its resources until it is gone
                 snap.add(demand_of(vm), node)
+            target = (vm.get("migration") or {}).get("target")
+            if target in loads:  # a migrating VM holds room on its target too
+                snap.reserve(demand_of(vm), target)
         return snap
+
+    def reserve(self, d: Demand, node: str) -> None:
+        """Hold ``d``'s room on ``node`` without placing it there (a migration's target):
+        it counts for capacity and anti-affinity, and no planner moves it."""
+        load = self.nodes[node]
+        load.alloc_vcpus += d.vcpus
+        load.alloc_ram_mb += d.ram_mb
+        load.alloc_disk_gb += d.disk_gb
+        if d.group:
+            load.groups[d.group] += 1
+        load.reserved[d.vm_id] = d
 
     def add(self, d: Demand, node: str) -> None:
         load = self.nodes[node]
@@ -205,5 +225,5 @@ class Snapshot:
         return d
 
     def copy(self) -> "Snapshot":
-        nodes = {n: replace(load, groups=Counter(load.groups), vms=dict(load.vms)) for n, load in self.nodes.items()}
+        nodes = {n: replace(load, groups=Counter(load.groups), vms=dict(load.vms), reserved=dict(load.reserved)) for n, load in self.nodes.items()}
         return Snapshot(nodes, self.settings, dict(self.where))

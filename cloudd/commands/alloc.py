@@ -18,6 +18,11 @@ SETTINGS_FIELDS = {
     "trend_horizon_s": Field("num", min=60, max=7 * 86400, required=False),
     "rebalance_auto": Field("bool", required=False),
     "rebalance_max_moves": Field("int", min=1, max=1000, required=False),
+    "rebalance_interval_s": Field("num", min=30, max=7 * 86400, required=False),
+    "migrations_per_node": Field("int", min=1, max=64, required=False),
+    "migrations_per_cluster": Field("int", min=1, max=1024, required=False),
+    "migration_bandwidth_mib_s": Field("int", min=0, max=1 << 20, required=False),
+    "migration_max_downtime_ms": Field("int", min=10, max=60_000, required=False),
     # the VMs' disk directory is shared storage (e.g. NFS mounted at the same path on every
     # hypervisor): their disks survive a node, so HA VMs can be restarted elsewhere
     "shared_vm_storage": Field("bool", required=False),

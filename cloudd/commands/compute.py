@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cloudd.alloc.cpu import common_model, compatible
 from cloudd.alloc.placement import AllocSettings, demand_of, eligible, fits, largest_possible, used
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
@@ -186,8 +187,37 @@ def vm_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
 
 
 def refusal(state: State, node: dict[str, Any], vm: dict[str, Any]) -> str | None:
-    """Why ``node`` cannot take ``vm`` now (None: it can), checked inside apply."""
-    return eligible(node) or fits(node, demand_of(vm), used(node["name"], state.vms.values()), AllocSettings.from_state(state.cluster))
+    """Why ``node`` cannot take ``vm`` now (None: it can), checked inside apply: the node's
+    role and status, the VM's pinning, anti-affinity group and CPU model, and room (the
+    VM's own room, held on a migration's target, is not counted against it)."""
+    placement = vm.get("placement") or {}
+    if placement.get("nodes") and node["name"] not in placement["nodes"]:
+        return f"the VM is pinned to {', '.join(placement['nodes'])}"
+    group = placement.get("group")
+    if group and any(
+        other["id"] != vm["id"] and (other.get("placement") or {}).get("group") == group
+        and node["name"] in (other.get("node"), (other.get("migration") or {}).get("target"))
+        for other in state.vms.values()
+    ):
+        return f"holds a VM of anti-affinity group {group}"
+    return (
+        eligible(node)
+        or cpu_refusal(vm.get("cpu_model"), node)
+        or fits(node, demand_of(vm), used(node["name"], state.vms.values(), exclude=vm["id"]), AllocSettings.from_state(state.cluster))
+    )
+
+
+def cpu_refusal(cpu_model: str | None, node: dict[str, Any]) -> str | None:
+    """None when the node runs ``cpu_model`` (or cannot tell which models it runs)."""
+    return compatible(cpu_model, (node.get("compute") or {}).get("cpu_models") or [])
+
+
+def group_cpu_model(state: State, vm: dict[str, Any]) -> str | None:
+    """The CPU model the VM gets: the best one every hypervisor it may run on offers (its
+    pinned nodes, else all), so it can move between them; None when some cannot tell."""
+    allowed = (vm.get("placement") or {}).get("nodes") or [n for n, node in state.nodes.items() if "hypervisor" in node.get("roles", [])]
+    models = {name: (state.nodes[name].get("compute") or {}).get("cpu_models") or [] for name in allowed if name in state.nodes}
+    return common_model(models) if models else None
 
 
 @command("vm.place", {"id": OBJECT_ID, "node": NODE_NAME}, target="id")
@@ -201,6 +231,8 @@ def vm_place(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]
     if reason:
         raise CloudError("conflict", f"node {node['name']} cannot take VM {vm['name']}: {reason}")
     vm["node"] = node["name"]
+    if "cpu_model" not in vm:
+        vm["cpu_model"] = group_cpu_model(state, vm)
     move(vm, "creating", ctx.ts, f"placed on {node['name']}")
     follow_vm(state, vm, ctx.ts)
     return {"id": vm["id"], "node": vm["node"], "state": vm["state"]}
@@ -353,6 +385,10 @@ def vm_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any
     if args.get("action_seq") is not None and args["action_seq"] >= vm["desired"]["action_seq"]:
         vm["desired"]["action"] = None
     now = vm["state"]
+    if vm.get("migration"):
+        # the migration's own steps move the lifecycle; a report only records what the node sees
+        follow_vm(state, vm, ctx.ts)
+        return {"id": vm["id"], "state": now, "desired": dict(vm["desired"])}
     if vm.get("failover_waiting") and not error:
         # an HA VM that found no room elsewhere: its own node is back, so it is managed again
         vm["failover_waiting"] = False

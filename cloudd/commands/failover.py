@@ -16,7 +16,8 @@ from cloudd.commands.compute import refusal
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
 from cloudd.model.state import State
-from cloudd.model.tasks import follow_vm, open_task
+from cloudd.model.migration import add_leftover
+from cloudd.model.tasks import finish_task, follow_vm, open_task
 from cloudd.model.vm import move
 from cloudd.validate import Field
 
@@ -52,8 +53,12 @@ def vm_failover(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     vm = _vm(state, args["id"])
     if vm["node"] != args["from_node"]:
         raise CloudError("conflict", f"VM {vm['name']} is on {vm['node']}, not {args['from_node']}")
-    if not (vm.get("ha") or never_ran(vm)):
+    mig = vm.get("migration")
+    live_target = mig["target"] if mig and mig["mode"] == "live" and mig["phase"] == "migrating" else None
+    if not (vm.get("ha") or never_ran(vm) or live_target):
         raise CloudError("conflict", f"VM {vm['name']} is not HA")
+    if live_target and args["node"] != live_target:
+        raise CloudError("conflict", f"VM {vm['name']} was live-migrating to {live_target} and may run there: it can be recovered only there")
     if vm["state"] in ("deleting", "pending"):
         raise CloudError("conflict", f"VM {vm['name']} is {vm['state']}", {"state": vm["state"]})
     _lost(state, args["from_node"], args["observed_seq"])
@@ -61,6 +66,11 @@ def vm_failover(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
     reason = refusal(state, target, vm)
     if reason:
         raise CloudError("conflict", f"node {target['name']} cannot take VM {vm['name']}: {reason}")
+    if mig:
+        vm.pop("migration")
+        finish_task(state, mig["id"], "failed", f"node {args['from_node']} was lost during the migration; the VM is recovered on {target['name']}", ctx.ts)
+        if mig["target"] != target["name"]:
+            add_leftover(vm, mig["target"], local_files=mig["copy"])
     vm["node"] = target["name"]
     vm["error"] = None
     vm["failover_waiting"] = False

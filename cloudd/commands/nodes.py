@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cloudd.alloc.snapshot import HISTORY_EVERY_S, HISTORY_MAX
@@ -13,6 +14,12 @@ from cloudd.model.state import State
 from cloudd.validate import ADDRESS_RE, Field
 
 STATUSES = ("up", "suspect", "down", "maintenance")
+CPU_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def no_control_chars(value: str) -> str | None:
+    return "must not contain control characters or spaces" if any(ord(c) <= 32 or ord(c) == 127 for c in value) else None
+
 
 FACT = Field("any", check=lambda v: None if isinstance(v, (str, int, float, bool)) else "must be a scalar")
 
@@ -41,6 +48,15 @@ USAGE = {
         "storage": Field("obj", required=False, spec={"export": Field("str", choices=("tgt", "lio", "none")), "portal": Field("str", pattern=ADDRESS_RE)}),
         # where other hypervisors send this node's VXLAN traffic (underlay address:UDP port)
         "network": Field("obj", required=False, spec={"underlay": Field("str", pattern=ADDRESS_RE)}),
+        # a hypervisor's CPU models and how other nodes' libvirt reaches its own (live migration)
+        "compute": Field("obj", required=False, spec={
+            "cpu_models": Field("list", max_len=256, item=Field("str", pattern=CPU_MODEL_RE)),
+            "live_migration": Field("bool"),
+            "migration_uri": Field("str", max_len=300, nullable=True, check=no_control_chars),
+            "migrate_uri": Field("str", max_len=300, nullable=True, check=no_control_chars),
+            "tunnelled": Field("bool", required=False),
+            "tls": Field("bool", required=False),
+        }),
     },
 )
 def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +70,7 @@ def node_register(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     node["version"] = args.get("version")
     node["storage"] = args.get("storage")  # where hypervisors reach this node's iSCSI exports
     node["network"] = args.get("network")
+    node["compute"] = args.get("compute")
     node["registered_at"] = ctx.ts
     return {"name": node["name"], "lease_seq": node["lease_seq"]}
 

@@ -80,6 +80,13 @@ def _finish(task: dict[str, Any], outcome: str, message: str, ts: float) -> None
         task["progress"] = 100
 
 
+def finish_task(state: State, task_id: str, outcome: str, message: str, ts: float) -> None:
+    """End one task explicitly (a migration rolled back, say); no-op when it ended already."""
+    task = state.tasks.get(task_id)
+    if task is not None and task["state"] == "running":
+        _finish(task, outcome, message, ts)
+
+
 def _progress(task: dict[str, Any], progress: int, message: str, ts: float) -> None:
     if (task["progress"], task["message"]) != (progress, message):
         task["progress"], task["message"], task["updated_at"] = progress, message, ts
@@ -147,6 +154,9 @@ def _evaluate(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:
     if state == "deleting":
         _finish(task, "superseded", "the VM is being deleted", ts)
         return
+    if op == "vm.migrate":
+        _evaluate_migration(task, vm, ts)
+        return
     if state == "error" and op in (*POWER_OPS, "vm.reset", "vm.reboot"):
         _finish(task, "failed", vm.get("error") or vm.get("state_reason") or "the VM is in error", ts)
         return
@@ -176,6 +186,44 @@ def _evaluate(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:
         _evaluate_device(task, vm, ts)
         return
     _finish(task, "succeeded", "recorded; applied at the next start", ts)
+
+
+MIGRATION_STEPS = {
+    "stopping": (5, "shutting the guest down on {source}"),
+    "copying": (20, "copying its disks from {source} to {target}"),
+    "preparing": (5, "preparing {target}"),
+    "migrating": (10, "moving its memory to {target}"),
+}
+
+
+def _evaluate_migration(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:
+    """Before the commit point the migration record tells; after it, the VM on the target
+    does: done once it reaches its desired power there."""
+    detail = task["detail"]
+    mig = vm.get("migration")
+    if mig is not None and mig["id"] == task["id"]:
+        base, text = MIGRATION_STEPS[mig["phase"]]
+        message = text.format(**mig)
+        percent = base
+        if mig.get("message"):
+            message = f"{message}: {mig['message']}"
+            span = 70 if mig["phase"] in ("copying", "migrating") else 0
+            percent = base + span * int(mig.get("percent", 0)) // 100
+        if mig.get("cancel"):
+            message = f"cancelling ({mig.get('cancel_reason')}): {message}"
+        _progress(task, percent, message, ts)
+        return
+    if vm["node"] != detail.get("target"):
+        _finish(task, "failed", f"VM {vm['name']} is on {vm['node']}: the migration did not complete", ts)
+        return
+    want = "running" if vm["desired"]["power"] == "running" else "stopped"
+    if vm["state"] == want:
+        downtime = detail.get("downtime_ms")
+        _finish(task, "succeeded", f"{want} on {vm['node']}" + (f" (downtime {downtime:.0f} ms)" if downtime is not None else ""), ts)
+    elif vm["state"] == "error":
+        _finish(task, "failed", f"on {vm['node']}: " + (vm.get("error") or vm.get("state_reason") or "the VM is in error"), ts)
+    else:
+        _progress(task, 95, f"{vm['state']} on {vm['node']}", ts)
 
 
 def _evaluate_device(task: dict[str, Any], vm: dict[str, Any], ts: float) -> None:

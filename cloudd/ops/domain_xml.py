@@ -53,6 +53,9 @@ def domain_xml(spec: DomainSpec) -> str:
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
+    if spec.cpu_model:  # one named model for the VM's whole group: it can migrate live among them
+        cpu = _sub(dom, "cpu", mode="custom", match="exact", check="partial")
+        _sub(cpu, "model", spec.cpu_model, fallback="forbid")
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")

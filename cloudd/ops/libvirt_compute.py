@@ -92,8 +92,9 @@ def prepare_embed_root(uri: str, vnc_range: tuple[int, int] = (5900, 6899)) -> N
 
 
 class LibvirtCompute:
-    def __init__(self, uri: str, vnc_range: tuple[int, int] = (5900, 6899)) -> None:
+    def __init__(self, uri: str, vnc_range: tuple[int, int] = (5900, 6899), domain_type: str = "kvm") -> None:
         self.uri = uri
+        self.domain_type = domain_type  # the node's <domain type> (kvm, qemu = TCG, test): what cpu_models() asks about
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._on_change: Callable[[str | None], None] | None = None
@@ -416,6 +417,23 @@ class LibvirtCompute:
         if self.embed_root is not None:  # our own libvirt: its per-domain log goes too
             (self.embed_root / "log" / "qemu" / f"{DOMAIN_PREFIX}{vm_id}.log").unlink(missing_ok=True)
 
+    def cpu_models(self) -> list[str]:
+        """The named CPU models libvirt reports usable for this node's domain type (its
+        domain capabilities; empty for libvirt's test driver, or when it cannot tell)."""
+        if self.uri.startswith("test:") or self.domain_type == "test":
+            return []
+
+        def read(conn: libvirt.virConnect) -> list[str]:
+            try:
+                caps = conn.getDomainCapabilities(None, None, None, self.domain_type, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED):
+                    return []
+                raise
+            return usable_cpu_models(caps)
+
+        return self._run(f"reading the CPU models of {self.domain_type} guests", read)
+
 
 def source_path(source: ET.Element | None) -> str:
     """A live disk's source as DiskSpec.path says it: a file, or an iscsi:// URL."""
@@ -426,6 +444,20 @@ def source_path(source: ET.Element | None) -> str:
         where = f"{host.get('name')}:{host.get('port', '3260')}" if host is not None else ""
         return f"iscsi://{where}/{source.get('name', '')}"
     return source.get("file") or ""
+
+
+def usable_cpu_models(domcaps_xml: str) -> list[str]:
+    """The models of a domain capabilities document's ``<cpu><mode name='custom'>`` that are
+    ``usable='yes'``, in libvirt's order ([] when custom models are unsupported, or the
+    document says nothing of them)."""
+    try:
+        root = ET.fromstring(domcaps_xml)
+    except ET.ParseError:
+        return []
+    mode = root.find("./cpu/mode[@name='custom']")
+    if mode is None or mode.get("supported") != "yes":
+        return []
+    return [str(model.text).strip() for model in mode.findall("model") if model.get("usable") == "yes" and (model.text or "").strip()]
 
 
 def secret_xml(usage_id: str) -> str:

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"
@@ -59,6 +60,7 @@ auth_unix_rw = "none"
 listen_tcp = 0
 listen_tls = 0
 log_outputs = "3:stderr"
+host_uuid = "{host_uuid}"
 """
 
 # root:root because /dev/kvm is root-only here (otherwise libvirt re-probes qemu forever)
@@ -67,6 +69,11 @@ user = "root"
 group = "root"
 remote_display_port_min = {vnc_min}
 remote_display_port_max = {vnc_max}
+"""
+
+# incoming live migrations listen on these ports (two daemons on one host: distinct ranges)
+QEMU_MIGRATION_CONF = """migration_port_min = {low}
+migration_port_max = {high}
 """
 
 VIRTLOGD_CONF = """log_outputs = "3:stderr"
@@ -100,8 +107,11 @@ def host_libvirt_snapshot() -> dict[str, tuple[int, int]]:
 class PrivateLibvirtd:
     """libvirtd + virtlogd with all their state under one temporary directory."""
 
-    def __init__(self, vnc_ports: tuple[int, int] = (7000, 7049), log_dir: Path | None = None) -> None:
+    def __init__(self, vnc_ports: tuple[int, int] = (7000, 7049), log_dir: Path | None = None, migration_ports: tuple[int, int] | None = None) -> None:
         self.vnc_ports = vnc_ports
+        # libvirt refuses to migrate to a daemon with its own host UUID (and every daemon
+        # on this machine would otherwise report the same SMBIOS UUID)
+        self.host_uuid = str(uuid.uuid4())
         self.root = Path(tempfile.mkdtemp(prefix="cloudd-libvirtd-"))
         os.chmod(self.root, 0o700)
         self.log_dir = log_dir or self.root
@@ -109,8 +119,11 @@ class PrivateLibvirtd:
         self.virtlogd: subprocess.Popen[bytes] | None = None
         for name in [*BINDS, "sock"]:
             (self.root / name).mkdir(mode=0o700)
-        (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock_dir=self.root / "sock"))
-        (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF.format(vnc_min=vnc_ports[0], vnc_max=vnc_ports[1]))
+        (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock_dir=self.root / "sock", host_uuid=self.host_uuid))
+        qemu_conf = QEMU_CONF.format(vnc_min=vnc_ports[0], vnc_max=vnc_ports[1])
+        if migration_ports is not None:
+            qemu_conf += QEMU_MIGRATION_CONF.format(low=migration_ports[0], high=migration_ports[1])
+        (self.root / "etc" / "qemu.conf").write_text(qemu_conf)
         (self.root / "etc" / "virtlogd.conf").write_text(VIRTLOGD_CONF)
 
     # --- addresses ---

@@ -39,7 +39,15 @@ ARGS: dict[str, Any] = {
             "name": NAMES,
             "roles": st.lists(st.sampled_from(["hypervisor", "storage"]), max_size=2),
             "inventory": st.fixed_dictionaries({"cpus": st.integers(0, 64), "ram_mb": st.integers(1, 10**6), "disk_gb": st.floats(0, 1e4)}),
-        }
+        },
+        optional={
+            "compute": st.fixed_dictionaries({
+                "cpu_models": st.lists(st.sampled_from(["qemu64", "Haswell", "bad model"]), max_size=2),
+                "live_migration": st.booleans(),
+                "migration_uri": st.sampled_from(["qemu+tls://n2/system", None]),
+                "migrate_uri": st.sampled_from(["tcp://10.0.0.2", None]),
+            })
+        },
     ),
     "node.heartbeat": st.fixed_dictionaries({"name": NAMES}),
     "node.status_set": st.fixed_dictionaries(
@@ -195,6 +203,20 @@ ARGS: dict[str, Any] = {
     ),
     "vm.failover": st.fixed_dictionaries({"id": VM_IDS, "from_node": st.sampled_from(["n1", "n2"]), "node": st.sampled_from(["n1", "n2"]), "observed_seq": st.integers(0, 4)}),
     "vm.failover_waiting": st.fixed_dictionaries({"id": VM_IDS, "from_node": st.sampled_from(["n1", "n2"]), "reason": st.just("full")}),
+    "vm.migrate": st.fixed_dictionaries(
+        {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "mode": st.sampled_from(["offline", "live", "teleport"])},
+        optional={"force": st.booleans(), "bandwidth_mib_s": st.integers(0, 100), "max_downtime_ms": st.integers(0, 500)},
+    ),
+    "vm.migration_step": st.fixed_dictionaries(
+        {"id": VM_IDS, "migration": st.sampled_from(["t7", "t8", "t9", "t10"]), "node": st.sampled_from(["n1", "n2"]),
+         "phase": st.sampled_from(["copying", "switched", "migrating", "landed", "failed", "nonsense"])},
+        optional={"reason": st.just("boom"), "downtime_ms": st.floats(-1, 500)},
+    ),
+    "vm.migration_progress": st.fixed_dictionaries(
+        {"id": VM_IDS, "migration": st.sampled_from(["t7", "t8", "t9"]), "node": st.sampled_from(["n1", "n2"]), "percent": st.integers(-1, 101), "message": st.just("x")}
+    ),
+    "vm.migration_cancel": st.fixed_dictionaries({"id": VM_IDS}, optional={"migration": st.sampled_from(["t7", "t8"]), "reason": st.just("stop")}),
+    "vm.leftovers_cleaned": st.fixed_dictionaries({"id": VM_IDS, "node": st.sampled_from(["n1", "n2"])}),
     "cluster.alert_set": st.fixed_dictionaries({"key": st.sampled_from(["storm", "BAD KEY"]), "message": st.sampled_from(["x", None])}),
     "cluster.settings_set": st.fixed_dictionaries(
         {}, optional={"policy": st.sampled_from(["resource", "usage", "trend", "magic"]), "cpu_ratio": st.floats(0, 10), "shared_vm_storage": st.booleans(), "ram_reserve_mb": st.integers(-1, 4096)}
