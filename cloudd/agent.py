@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from cloudd import __version__
 from cloudd.env import Env
@@ -71,6 +71,8 @@ class Agent:
         self.registered = False
         self.lease: LeaseClock | None = None  # noted at every committed renewal (self-fencing)
         self.on_renewed: Callable[[], None] | None = None  # e.g. feeding the fence guard
+        # a hypervisor's CPU models and migration addresses, read when it registers
+        self.compute: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     async def step(self, env: Env) -> None:
         try:
@@ -80,6 +82,8 @@ class Agent:
                     args["storage"] = self.storage
                 if self.network is not None:
                     args["network"] = self.network
+                if self.compute is not None:
+                    args["compute"] = await self.compute()
                 outcome = await env.propose("node.register", args)
                 if "error" in outcome:
                     log.error("registration refused: %s", outcome["error"]["message"])

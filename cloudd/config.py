@@ -58,6 +58,21 @@ class ComputeSettings:
     swap_dir: str = ""  # the node's local fast storage for swap disks; "" = <data dir>/vms
     vm_dir: str = ""  # the VMs' disks; "" = <data dir>/vms. Shared storage (NFS) at one path on every node allows HA
     image_upload_max_gb: float = 64.0  # GiB; a larger upload is refused with 413
+    # live migration: how the OTHER nodes' libvirtd reaches this node's libvirt (peer to
+    # peer); "" = qemu+tls://<this node's API host>/system for qemu:///system, none otherwise
+    migration_uri: str = ""
+    migrate_uri: str = ""  # where qemu sends guest memory here, e.g. tcp://10.1.0.5; "" = tcp://<API host>
+    migration_tunnelled: bool = False  # the memory inside libvirtd's own TLS connection
+    migration_tls: bool = False  # qemu's native TLS for the memory stream
+
+    def migration_addresses(self, api_addr: str) -> tuple[str | None, str | None]:
+        """(libvirt URI for the other nodes, migrate URI) of this node; (None, None) when
+        its libvirt cannot be reached from another node (an embedded or test libvirt)."""
+        host = api_addr.rsplit(":", 1)[0]
+        uri = self.migration_uri or (f"qemu+tls://{host}/system" if self.uri == "qemu:///system" else "")
+        if not uri:
+            return None, None
+        return uri, self.migrate_uri or f"tcp://{host}"
 
 
 @dataclass

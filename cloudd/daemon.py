@@ -15,6 +15,9 @@ import uvicorn
 from cloudd.agent import Agent
 from cloudd.config import NodeConfig, read_secret
 from cloudd.manager import Manager
+from cloudd.migration_agent import MigrationAgent
+from cloudd.ops.compute import ComputeError
+from cloudd.ops.vm_files import VmFileFetch
 from cloudd.ops.libvirt_compute import LibvirtCompute
 from cloudd.ops.file_volumes import FileVolumes
 from cloudd.ops.local_disk import LocalDisks
@@ -131,7 +134,7 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None,
     else:
         log.info("compute: libvirt at %s, domain type %s", settings.uri, settings.domain_type)
     return VmReconciler(
-        LibvirtCompute(settings.uri, vnc_range=(settings.vnc_port_min, settings.vnc_port_max)),
+        LibvirtCompute(settings.uri, vnc_range=(settings.vnc_port_min, settings.vnc_port_max), domain_type=settings.domain_type),
         ReconcileSettings(
             domain_type=settings.domain_type,
             vnc_listen=settings.vnc_listen,
@@ -149,6 +152,26 @@ def make_reconciler(config: NodeConfig, image_source: ImageSource | None = None,
 
 
 SELF_FENCE_CHECK_S = 0.25
+CPU_MODELS_TIMEOUT_S = 20.0  # the first look probes qemu (seconds on a fresh host)
+
+
+async def compute_facts(config: NodeConfig, reconciler: VmReconciler) -> dict[str, Any]:
+    """What a hypervisor registers for CPU compatibility and live migration."""
+    driver = reconciler.driver
+    try:
+        models = await asyncio.wait_for(asyncio.to_thread(driver.cpu_models), CPU_MODELS_TIMEOUT_S)
+    except (asyncio.TimeoutError, ComputeError) as exc:
+        log.warning("cannot read the CPU models libvirt offers (VMs here get its default CPU): %s", exc or "timed out")
+        models = []
+    uri, migrate_uri = config.compute.migration_addresses(config.api_addr)
+    return {
+        "cpu_models": sorted(models)[:256],
+        "live_migration": bool(driver.live_migration and uri),
+        "migration_uri": uri,
+        "migrate_uri": migrate_uri,
+        "tunnelled": config.compute.migration_tunnelled,
+        "tls": config.compute.migration_tls,
+    }
 
 
 def make_network_drivers(config: NodeConfig) -> NetworkDrivers:
@@ -249,8 +272,11 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
         agent.on_renewed = lambda: feeder.feed(config.timings.fence_after) and None
     manager = Manager(config.timings)
     reconciler = make_reconciler(config, runtime.images, secret)
+    migrations = None
     if reconciler is not None:
         reconciler.lease, reconciler.fence_after = agent.lease, config.timings.fence_after
+        migrations = MigrationAgent(reconciler, VmFileFetch(config.name, secret, runtime.api_addr_of))
+        agent.compute = lambda: compute_facts(config, reconciler)
     storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
     manager_wake, reconcile_wake, storage_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake, storage_wake])
@@ -268,6 +294,10 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
                     await network.step(runtime.env)  # bridges before the VMs that use them
                 except Exception:  # a network bug must not stop the VMs' reconciling
                     log.exception("network pass failed")
+            try:
+                await migrations.step(runtime.env)  # type: ignore[union-attr]
+            except Exception:  # a migration bug must not stop the VMs' reconciling
+                log.exception("migration pass failed")
             await reconciler.step(runtime.env)
             await runtime.images.report_copies(runtime.env)  # image copies fetched for VMs
 

@@ -50,6 +50,9 @@ class Env(Protocol):
     def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
         """Like ``vms``, only the VMs assigned to ``node`` (without copying the others)."""
 
+    def moving(self, node: str) -> dict[str, dict[str, Any]]:
+        """The VMs migrating from or to ``node``, and those that left leftovers there (copies)."""
+
     def storage_view(self, node: str) -> "StorageView":
         """The storage pools on ``node``, their volumes, who may reach each, and images."""
 
@@ -101,6 +104,10 @@ class RaftEnv:
     def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
         with self.raft.lock:
             return {vm_id: dict(vm) for vm_id, vm in self.raft.state.vms.items() if vm["node"] == node}
+
+    def moving(self, node: str) -> dict[str, dict[str, Any]]:
+        with self.raft.lock:
+            return moving_of(self.raft.state, node)
 
     def storage_view(self, node: str) -> "StorageView":
         with self.raft.lock:
@@ -161,11 +168,24 @@ def orjson_copy(value: Any) -> Any:
     return orjson.loads(orjson.dumps(value))
 
 
+def moving_of(state: State, node: str) -> dict[str, dict[str, Any]]:
+    """See ``Env.moving`` (call under the replica's lock)."""
+    from cloudd.model.migration import involves
+
+    return {
+        vm_id: orjson_copy(vm) for vm_id, vm in state.vms.items()
+        if ("migration" in vm or "leftovers" in vm) and (involves(vm, node) or node in (vm.get("leftovers") or {}))
+    }
+
+
 def volume_links_of(state: State, node: str) -> dict[str, dict[str, Any]]:
-    """See ``Env.volume_links`` (call under the replica's lock)."""
+    """See ``Env.volume_links`` (call under the replica's lock): also of the VMs
+    live-migrating to ``node``."""
+    from cloudd.model.migration import hosts
+
     out: dict[str, dict[str, Any]] = {}
     for vm in state.vms.values():
-        if vm["node"] != node:
+        if vm["node"] != node and node not in hosts(vm):
             continue
         for ref in vm.get("volumes", ()):
             volume = state.volumes.get(ref["id"])

@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from cloudd.model.migration import hosts
 from cloudd.env import Env, try_propose
 from cloudd.model.state import State
 from cloudd.model.networks import hosting_nodes
@@ -53,7 +54,7 @@ def network_view_of(state: State, node: str) -> NetworkView:
     for port in state.ports.values():
         vm = state.vms.get(port["vm"])
         network = state.networks.get(port["network"])
-        if vm is None or network is None or vm["node"] != node or vm["state"] == "deleting":
+        if vm is None or network is None or node not in hosts(vm) or vm["state"] == "deleting":
             continue
         view.ports[port["id"]] = {**port, "ips": list(port["ips"])}
         view.vm_names[vm["id"]] = vm["name"]

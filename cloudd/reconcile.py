@@ -285,6 +285,8 @@ class VmReconciler:
             vm = state.vms.get(vm_id)
             if vm is None or not vm.get("node") or vm["node"] == self.node:
                 continue  # unknown here: left alone
+            if (vm.get("migration") or {}).get("target") == self.node:
+                continue  # arriving here (a live migration's incoming domain)
             log.error("VM %s runs on %s now: removing the stale copy here", vm_id, vm["node"])
             try:
                 await self._call(self.driver.undefine, vm_id)
@@ -308,6 +310,8 @@ class VmReconciler:
             log.warning("cannot read the hypervisor: %s", exc)
             return
         for vm_id, vm in sorted(mine.items()):
+            if vm.get("migration"):
+                continue  # the migration agent takes its steps
             memory = self.memory.setdefault(vm_id, VmMemory())
             error = None
             try:

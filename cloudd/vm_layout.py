@@ -86,6 +86,7 @@ class VmLayout:
             disks=self.disks(vm, iso_path, firmware_boot=not boot, volumes=volumes),
             vnc_password=vm.get("vnc_password"),
             serial_log=str(self.serial_log(vm["id"])),
+            cpu_model=vm.get("cpu_model"),
             **host,
             **boot,
         )

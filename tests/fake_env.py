@@ -40,6 +40,11 @@ class FakeEnv:
     def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
         return {n: dict(v) for n, v in self.replica.state.vms.items() if v["node"] == node}
 
+    def moving(self, node: str) -> dict[str, dict[str, Any]]:
+        from cloudd.env import moving_of
+
+        return moving_of(self.replica.state, node)
+
     def volume_links(self, node: str) -> dict[str, dict[str, Any]]:
         from cloudd.env import volume_links_of
 

@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
+from cloudd.alloc.cpu import compatible
+
 POLICIES = ("resource", "usage", "trend")
 HISTORY_MAX = 60  # usage samples kept per node (one a minute at most: an hour)
 HISTORY_EVERY_S = 60.0
@@ -56,6 +58,7 @@ class Demand:
     pinned: tuple[str, ...] = ()  # allowed nodes (empty: any)
     ha: bool = False
     priority: int = 0
+    cpu_model: str | None = None  # the named CPU model the VM runs with (None: the default)
 
 
 def vm_disk_gb(vm: Mapping[str, Any]) -> float:
@@ -68,6 +71,7 @@ def demand_of(vm: Mapping[str, Any]) -> Demand:
     return Demand(
         vm["id"], vm["vcpus"], vm["ram_mb"], vm_disk_gb(vm),
         placement.get("group"), tuple(placement.get("nodes") or ()), bool(vm.get("ha")), int(vm.get("ha_priority", 0)),
+        vm.get("cpu_model"),
     )
 
 
@@ -81,6 +85,7 @@ class NodeLoad:
     cap_disk_gb: float
     cores: int = 1
     usable: str | None = None  # None: it may take VMs; else why not
+    cpu_models: tuple[str, ...] = ()  # the named CPU models it runs (empty: cannot tell)
     alloc_vcpus: int = 0
     alloc_ram_mb: int = 0
     alloc_disk_gb: float = 0.0
@@ -108,6 +113,9 @@ class NodeLoad:
             return f"the VM is pinned to {', '.join(d.pinned)}"
         if d.group and self.groups.get(d.group):
             return f"holds a VM of anti-affinity group {d.group}"
+        cpu_reason = compatible(d.cpu_model, self.cpu_models)
+        if cpu_reason:
+            return cpu_reason
         cpu, ram, disk = self.free_after(d)
         if ram < 0:
             return f"RAM: {self.cap_ram_mb - self.alloc_ram_mb:g} MiB free, {d.ram_mb} MiB needed"
@@ -167,6 +175,7 @@ class Snapshot:
                 cap_disk_gb=max(0.0, inv.get("disk_gb", 0.0) - settings.disk_reserve_gb),
                 cores=max(1, cores),
                 usable=eligibility(node),
+                cpu_models=tuple((node.get("compute") or {}).get("cpu_models") or ()),
             )
             usage = node.get("usage") or {}
             load.used_ram_mb = float(usage.get("ram_used_mb", 0) or 0)

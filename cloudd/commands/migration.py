@@ -133,6 +133,10 @@ def _running(state: State, vm_id: str, migration_id: str) -> tuple[dict[str, Any
     return vm, mig
 
 
+def node_role(mig: dict[str, Any], node: str) -> str | None:
+    return "source" if node == mig["source"] else "target" if node == mig["target"] else None
+
+
 def roll_back(state: State, vm: dict[str, Any], ts: float, reason: str) -> None:
     """End a migration before its commit point: the VM stays (or is again) its source's."""
     mig = vm.pop("migration")
@@ -221,6 +225,7 @@ def vm_migration_step(state: State, ctx: Context, args: dict[str, Any]) -> dict[
         "node": NODE_NAME,
         "percent": Field("int", min=0, max=100),
         "message": Field("str", max_len=300),
+        "started": Field("bool", required=False),  # the source is about to start libvirt's migration
     },
     target="id",
     audit=False,
@@ -231,6 +236,10 @@ def vm_migration_progress(state: State, ctx: Context, args: dict[str, Any]) -> d
     vm, mig = _running(state, args["id"], args["migration"])
     if args["node"] not in (mig["source"], mig["target"]):
         raise CloudError("forbidden", f"node {args['node']} takes no part in this migration")
+    if args.get("started"):
+        if node_role(mig, args["node"]) != "source" or mig["phase"] != "migrating":
+            raise CloudError("conflict", "only the source starts a live migration, once the target is ready")
+        mig["started"] = True
     mig["percent"], mig["message"] = args["percent"], args["message"]
     follow_vm(state, vm, ctx.ts)
     return {"id": vm["id"], "percent": args["percent"]}

@@ -22,6 +22,7 @@ from cloudd.commands.pools import Usage, check_quota
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
 from cloudd.model.attachments import settle as _settle
+from cloudd.model.migration import hosts
 from cloudd.model.state import State
 from cloudd.model.tasks import follow_volume, open_task, vm_gone
 from cloudd.ops.storage import VOLUME_ID_RE, node_initiator
@@ -57,11 +58,12 @@ def get_volume(state: State, volume_id: str) -> dict[str, Any]:
 
 
 def export_initiators(state: State, volume: dict[str, Any]) -> list[str]:
-    """Who may reach the volume over iSCSI now: the node of the VM it is attached to."""
+    """Who may reach the volume over iSCSI now: the node of the VM it is attached to, and
+    during a live migration its target too (never longer: the ACL is storage fencing)."""
     vm = state.vms.get(volume.get("attached_to") or "")
     if vm is None or vm["node"] is None:
         return []
-    return [node_initiator(vm["node"])]
+    return [node_initiator(node) for node in sorted(hosts(vm))]
 
 
 def volumes_gb(volumes: list[dict[str, Any]]) -> float:

@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 from typing import Any, Iterable
 
+from cloudd.model.migration import hosts
 from cloudd.model.state import State
 from cloudd.ops.network import eui64_address  # noqa: F401  (ports' IPv6 addresses; re-exported)
 
@@ -115,6 +116,6 @@ def hosting_nodes(state: State, network_id: str) -> set[str]:
     nodes = set()
     for port in ports_on(state, network_id):
         vm = state.vms.get(port["vm"])
-        if vm is not None and vm["node"]:
-            nodes.add(vm["node"])
+        if vm is not None:
+            nodes |= hosts(vm)  # a live migration's target hosts the network already
     return nodes

@@ -238,3 +238,25 @@ class ComputeDriver(Protocol):
     def cpu_models(self) -> list[str]:
         """The named CPU models this host can run guests with, as the hypervisor reports
         them usable for the node's domain type (empty when it cannot tell)."""
+
+
+def spec_to_dict(spec: DomainSpec) -> dict[str, object]:
+    """A DomainSpec as JSON-able data (a live migration's target publishes its own)."""
+    import dataclasses
+
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: dict[str, object]) -> DomainSpec:
+    """The inverse of ``spec_to_dict``; raises ComputeError on malformed data."""
+    try:
+        fields = dict(data)
+        disks = []
+        for d in fields.pop("disks", ()) or ():  # type: ignore[union-attr]
+            disk = dict(d)
+            iscsi = disk.pop("iscsi", None)
+            disks.append(DiskSpec(**disk, iscsi=IscsiSource(**iscsi) if iscsi else None))
+        nics = tuple(NicSpec(**dict(n)) for n in fields.pop("interfaces", ()) or ())  # type: ignore[union-attr]
+        return DomainSpec(**fields, disks=tuple(disks), interfaces=nics)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ComputeError(f"a malformed domain spec: {exc}") from None

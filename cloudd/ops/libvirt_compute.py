@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 import xml.etree.ElementTree as ET
@@ -17,8 +18,10 @@ from typing import Any, Callable, TypeVar
 
 import libvirt
 
-from cloudd.ops.compute import DOMAIN_PREFIX, ComputeError, DiskSpec, DomainInfo, DomainSpec, NicSpec
-from cloudd.ops.domain_xml import digest_of, disk_xml, domain_xml, interface_xml
+from cloudd.ops.compute import (
+    DOMAIN_PREFIX, ComputeError, DiskSpec, DomainInfo, DomainSpec, LiveOptions, MigrationProgress, MigrationResult, MigrationTarget, NicSpec,
+)
+from cloudd.ops.domain_xml import digest_of, disk_xml, domain_xml, interface_xml, migratable_xml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +39,8 @@ POWER = {
 LOCK_WAIT_S = 10.0  # below the reconciler's call timeout
 CONNECTION_LOST = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
 TRANSIENT = CONNECTION_LOST | {libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_TIMEOUT}
+GONE_MEANWHILE = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID}  # domain left / job or domain ended
+JOB_STATS_WAIT_S = 2.0  # the job-completed event (with the downtime) may trail migrateToURI3's return
 
 
 def _silence_libvirt_stderr(_ctx: Any, _err: Any) -> None:
@@ -400,6 +405,84 @@ class LibvirtCompute:
 
         return self._run(f"reading usage of {DOMAIN_PREFIX}{vm_id}", read)
 
+    # --- live migration (peer to peer: this libvirtd talks to the target's itself) ---
+
+    @property
+    def live_migration(self) -> bool:
+        """qemu domains can move live; libvirt's test driver cannot."""
+        return urlparse(self.uri).scheme.split("+")[0] == "qemu"
+
+    def migrate_live(self, vm_id: str, target: MigrationTarget, target_spec: DomainSpec, options: LiveOptions) -> MigrationResult:
+        """See ComputeDriver.migrate_live. Runs on a libvirt connection of its own, so the
+        shared one (and its lock) stays free while it blocks: domains(),
+        migration_progress() and abort_migration() answer from other threads meanwhile."""
+        what = f"live-migrating {DOMAIN_PREFIX}{vm_id} to {target.node}"
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise ComputeError(f"{what}: cannot connect to libvirt at {self.uri}: {exc.get_error_message()}", transient=True) from None
+        try:
+            return self._migrate(conn, vm_id, target, target_spec, options, what)
+        except libvirt.libvirtError as exc:
+            # the target's errors reach us through this libvirtd: only a lost connection
+            # to it makes the failure transient (and then domains() tells how it ended)
+            raise ComputeError(f"{what}: {exc.get_error_message()}", transient=not _alive(conn)) from None
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    def _migrate(self, conn: libvirt.virConnect, vm_id: str, target: MigrationTarget, target_spec: DomainSpec, options: LiveOptions, what: str) -> MigrationResult:
+        dom = self._domain(conn, vm_id)
+        if dom is None or not dom.isActive():
+            raise ComputeError(f"{what}: the domain is not {'running' if dom is not None else 'defined'} here")
+        xml = migratable_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE), target_spec)
+        params, flags = migration_call(target, options, xml)
+        if options.max_downtime_ms is not None:
+            # no migrateToURI3 parameter in libvirt 9.0; qemu keeps it for this job
+            dom.migrateSetMaxDowntime(options.max_downtime_ms)
+        completed = _JobCompleted()
+        callback = completed.register(conn, dom)
+        try:
+            started = time.monotonic()
+            dom.migrateToURI3(target.libvirt_uri, params, flags)
+            elapsed = time.monotonic() - started
+            stats = completed.wait(JOB_STATS_WAIT_S) if callback is not None else {}
+        finally:
+            if callback is not None:
+                try:
+                    conn.domainEventDeregisterAny(callback)
+                except libvirt.libvirtError:
+                    pass
+        downtime = stats.get("downtime")
+        return MigrationResult(float(downtime) if downtime is not None else None, elapsed, int(stats.get("data_processed", 0)))
+
+    def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        def read(conn: libvirt.virConnect) -> MigrationProgress | None:
+            dom = self._domain(conn, vm_id)
+            try:
+                return progress_of(dom.jobStats()) if dom is not None and dom.isActive() else None
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in GONE_MEANWHILE:
+                    return None  # the migration ended (the domain left) while we asked
+                raise
+
+        return self._run(f"reading the migration of {DOMAIN_PREFIX}{vm_id}", read)
+
+    def abort_migration(self, vm_id: str) -> None:
+        def go(conn: libvirt.virConnect) -> None:
+            dom = self._domain(conn, vm_id)
+            try:
+                if dom is None or not dom.isActive() or progress_of(dom.jobStats()) is None:
+                    return  # no migration runs (and another job is not ours to cancel)
+                dom.abortJob()  # migrate_live then raises "operation aborted"
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in GONE_MEANWHILE:
+                    raise
+
+        self._run(f"aborting the migration of {DOMAIN_PREFIX}{vm_id}", go)
+
     def undefine(self, vm_id: str) -> None:
         def go(conn: libvirt.virConnect) -> None:
             dom = self._domain(conn, vm_id)
@@ -466,3 +549,78 @@ def secret_xml(usage_id: str) -> str:
     ET.SubElement(usage, "target").text = usage_id
     return ET.tostring(secret, encoding="unicode")
 
+
+# --- live migration --------------------------------------------------------------------
+
+MIGRATION_FLAGS = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+MIGRATION_OUT = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT", 5)
+
+
+def migration_call(target: MigrationTarget, options: LiveOptions, xml: str) -> tuple[dict[str, Any], int]:
+    """``migrateToURI3``'s typed parameters and flags: live, peer to peer (the source
+    libvirtd opens ``target.libvirt_uri`` itself), defined on the target and undefined
+    here once the guest runs there; ``xml`` (``migratable_xml``) is both its live and its
+    persistent definition on the target."""
+    flags = MIGRATION_FLAGS
+    params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
+    if target.tunnelled:
+        flags |= libvirt.VIR_MIGRATE_TUNNELLED  # memory inside libvirt's connection: no migrate_uri
+    elif target.migrate_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = target.migrate_uri
+    if target.tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
+    if options.bandwidth_mib_s:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mib_s)
+    if options.copy_disks:
+        # qemu mirrors them over NBD into files the target made beforehand (same size)
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+    return params, flags
+
+
+def progress_of(stats: dict[str, Any]) -> MigrationProgress | None:
+    """A running outgoing migration from ``jobStats()`` (None for no job, or another one)."""
+    if stats.get("type") not in (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
+        return None
+    if stats.get("operation", MIGRATION_OUT) != MIGRATION_OUT:
+        return None
+    return MigrationProgress(
+        elapsed_s=stats.get("time_elapsed", 0) / 1000.0,
+        data_total=int(stats.get("data_total", 0)),
+        data_processed=int(stats.get("data_processed", 0)),
+        data_remaining=int(stats.get("data_remaining", 0)),
+        memory_dirty_rate=int(stats.get("memory_dirty_rate", 0)),
+        iteration=int(stats.get("memory_iteration", 0)),
+    )
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+class _JobCompleted:
+    """Catches a domain's job-completed event: the finished job's statistics, downtime
+    included. It is the only way to them once UNDEFINE_SOURCE removed the domain here
+    (``jobStats(COMPLETED)`` needs the domain)."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Any] = {}
+        self._done = threading.Event()
+
+    def register(self, conn: libvirt.virConnect, dom: libvirt.virDomain) -> int | None:
+        try:
+            return int(conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_event, None))
+        except libvirt.libvirtError as exc:
+            log.info("no job-completed events (%s): no downtime measured", exc.get_error_message())
+            return None
+
+    def _on_event(self, _conn: libvirt.virConnect, _dom: libvirt.virDomain, params: dict[str, Any], _opaque: Any) -> None:
+        self.stats = dict(params)
+        self._done.set()
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        self._done.wait(timeout)
+        return self.stats

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute
 
 from cloudd.errors import CloudError
 from cloudd.runtime import NodeRuntime
-from cloudd.web import routes_alloc, routes_cluster, routes_compute, routes_images, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users, ui
+from cloudd.web import routes_alloc, routes_cluster, routes_compute, routes_images, routes_migration, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users, ui
 from cloudd.web.api import Api
 from cloudd.web.audit import RefusedWriteAudit
 from cloudd.web.http import error_response, guarded, json_response
@@ -73,6 +73,7 @@ def create_app(runtime: NodeRuntime) -> Starlette:
     routes += routes_users.routes(api)
     routes += routes_networks.routes(api)  # before /vms/{ref}/{action}: /vms/{ref}/nics is theirs
     routes += routes_alloc.routes(api)  # and /vms/{ref}/placement
+    routes += routes_migration.routes(api)  # and /vms/{ref}/migrate
     routes += routes_compute.routes(api)
     routes += routes_images.routes(api)
     routes += routes_pools.routes(api)

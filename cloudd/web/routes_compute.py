@@ -72,6 +72,8 @@ def vm_view(vm: dict[str, Any], ports: dict[str, dict[str, Any]]) -> dict[str, A
     ]
     for key in HIDDEN_VM_FIELDS:
         view.pop(key, None)
+    if view.get("migration"):
+        view["migration"] = {k: v for k, v in view["migration"].items() if k != "target_spec"}
     view["has_user_data"] = bool(vm.get("user_data"))
     return view
 

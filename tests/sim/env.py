@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cloudd.env import storage_view_of, volume_links_of
+from cloudd.env import storage_view_of, moving_of, volume_links_of
 from cloudd.model.state import State
 from cloudd.network_agent import network_view_of
 
@@ -51,6 +51,9 @@ class SimEnv:
 
     def vms_on(self, node: str) -> dict[str, dict[str, Any]]:
         return {vm_id: dict(vm) for vm_id, vm in self.state().vms.items() if vm["node"] == node}
+
+    def moving(self, node: str) -> dict[str, dict[str, Any]]:
+        return moving_of(self.state(), node)
 
     def storage_view(self, node: str) -> Any:
         return storage_view_of(self.state(), node)

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from cloudd.validate import Field
-from cloudd.web import routes_alloc, routes_cluster, routes_compute, routes_images, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users
+from cloudd.web import routes_alloc, routes_cluster, routes_compute, routes_images, routes_migration, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users
 from cloudd.web.app import create_app
 from cloudd.web.openapi import ACCESS, ApiRoute, api_routes, openapi_document
 from cloudd.web.routes_compute import vm_view
@@ -32,7 +32,7 @@ from cloudd.web.schemas import SCHEMAS
 from tests.factories import PW_HASH, Replica
 from tests.unit.test_compute_commands import cluster_with_hypervisor, new_vm
 
-ROUTE_MODULES = (routes_cluster, routes_nodes, routes_users, routes_compute, routes_images, routes_pools, routes_storage, routes_networks, routes_alloc)
+ROUTE_MODULES = (routes_cluster, routes_nodes, routes_users, routes_compute, routes_images, routes_pools, routes_storage, routes_networks, routes_alloc, routes_migration)
 PUBLIC = {("GET", "/healthz"), ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/auth/login"), ("POST", "/api/v1/cluster/join")}
 
 
