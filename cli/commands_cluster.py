@@ -96,6 +96,24 @@ def register(cli: click.Group) -> None:
                 return
             emit(data["moves"], "table", ["name", "vm", "from", "to", "gain"]) if data["moves"] else click.echo("nothing to move: the cluster is as even as it gets")
             click.echo(f"score {data['score_before']:.4f} -> {data['score_after']:.4f} (sum of per-node spreads; lower is more even)")
+            if data.get("plan"):
+                click.echo(f"plan {data['plan']} handed to the leader: follow it with 'cloudctl cluster rebalance-status'")
+
+        run(go)
+
+    @cluster.command("rebalance-status")
+    @pass_ctx
+    def cluster_rebalance_status(ctx: Ctx) -> None:
+        """The last rebalance plan being carried out, move by move (admin)."""
+
+        def go() -> None:
+            data = ctx.client().request("GET", "/api/v1/cluster/rebalance")
+            if ctx.output == "json" or data["plan"] is None:
+                emit(data, "json") if ctx.output == "json" else click.echo("no rebalance plan yet")
+                return
+            plan = data["plan"]
+            click.echo(f"plan {plan['id']} ({'automatic' if plan.get('auto') else 'by ' + str(plan.get('by'))}): {'finished' if plan['finished'] else 'running'}")
+            emit(plan["moves"], "table", ["vm", "from", "to", "status", "task", "message"])
 
         run(go)
 
@@ -209,10 +227,26 @@ def register(cli: click.Group) -> None:
     @node.command("maintenance")
     @click.argument("name")
     @click.option("--on/--off", "enabled", required=True, help="Enter or leave maintenance.")
+    @click.option(
+        "--drain", type=click.Choice(["live", "all", "none"]), default=None,
+        help="With --on: move its VMs away: live (default: stopped VMs and those that can migrate live), all (also shut down, move and restart the others), none.",
+    )
     @pass_ctx
-    def node_maintenance(ctx: Ctx, name: str, enabled: bool) -> None:
-        """Put a node into maintenance (--on) or take it out (--off)."""
-        run(lambda: emit(ctx.client().request("POST", f"/api/v1/nodes/{q(name)}/maintenance", {"enabled": enabled}), ctx.output))
+    def node_maintenance(ctx: Ctx, name: str, enabled: bool, drain: str | None) -> None:
+        """Put a node into maintenance (--on: no new VMs, its VMs drained away) or take it
+        out (--off: the drain stops).
+
+        \b
+        Examples:
+          cloudctl node maintenance hv2 --on
+          cloudctl node maintenance hv2 --on --drain all
+          cloudctl vm list --all --node hv2     # what is still there
+          cloudctl node maintenance hv2 --off
+        """
+        if drain is not None and not enabled:
+            raise click.UsageError("--drain goes with --on")
+        body: dict[str, Any] = {"enabled": enabled, **({"drain": drain} if drain else {})}
+        run(lambda: emit(ctx.client().request("POST", f"/api/v1/nodes/{q(name)}/maintenance", body), ctx.output))
 
     @node.command("remove")
     @click.argument("name")

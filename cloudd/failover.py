@@ -66,7 +66,7 @@ def plan_failover(
         return plan
     stranded = [
         vm for vm in vms.values()
-        if vm.get("node") in plan.lost and vm["state"] not in ("deleting", "pending") and (vm.get("ha") or never_ran(vm))
+        if vm.get("node") in plan.lost and vm["state"] not in ("deleting", "pending") and (vm.get("ha") or never_ran(vm) or memory_moving(vm))
     ]
     if not stranded:
         return plan
@@ -74,6 +74,14 @@ def plan_failover(
     for vm in sorted(stranded, key=lambda v: (-int(v.get("ha_priority", 0)), v.get("created_at", 0), v["id"])):
         demand = demand_of(vm)
         unseen = set() if renewing is None else set(snap.nodes) - renewing
+        if memory_moving(vm):
+            # its memory was moving: it may run on the target already, and nowhere else
+            target = vm["migration"]["target"]
+            if target in plan.lost or target in unseen:
+                plan.waiting.append((vm["id"], vm["node"], f"node {vm['node']} is lost during a live migration to {target}, which is not up: the VM waits for one of them"))
+            else:
+                plan.moves.append((vm["id"], vm["node"], target))  # its room is held there already
+            continue
         decision = place(snap, demand, set(plan.lost) | unseen)
         if decision.node is None:
             refused = {n: r for n, r in decision.refused.items() if n not in plan.lost}
@@ -83,3 +91,9 @@ def plan_failover(
             snap.add(demand, decision.node)
             plan.moves.append((vm["id"], vm["node"], decision.node))
     return plan
+
+
+def memory_moving(vm: Mapping[str, Any]) -> bool:
+    """A live migration whose memory is moving: the guest runs on its source or its target."""
+    mig = vm.get("migration") or {}
+    return mig.get("mode") == "live" and mig.get("phase") == "migrating"

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from cloudd.alloc.placement import place
+from cloudd.alloc.rebalance import plan_rebalance
+from cloudd.commands.alloc import shared_vm_storage
+from cloudd.moves import MoveOrder, migrations_to_cancel, movable_without_downtime, next_rebalance_moves, plan_drain, plan_finished
 from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
 from cloudd.config import Timings
 from cloudd.failover import STORM_ALERT, FailoverPlan, plan_failover
@@ -105,6 +108,7 @@ class Manager:
         self.tracker = LeaseTracker()
         self.leading = False
         self.term: int | None = None
+        self.last_auto_plan: float | None = None  # when this leader last planned a rebalance itself
 
     async def step(self, env: Env) -> list[dict[str, Any]]:
         """One iteration; returns the verdicts it proposed (for tests and logs)."""
@@ -127,8 +131,53 @@ class Manager:
         verdicts = node_verdicts(nodes, ages, self.timings, self.tracker.renewing)
         await self._commit_verdicts(env, verdicts)
         await self.fail_over(env, ages)
+        await self.watch_migrations(env)
         await self.place_pending(env)
+        await self.order_moves(env)
         return verdicts
+
+    async def watch_migrations(self, env: Env) -> None:
+        """Cancel the migrations a lost node stops (see ``cloudd.moves``)."""
+        for vm_id, migration, reason in migrations_to_cancel(env.nodes(), env.vms()):
+            if await try_propose(env, "vm.migration_cancel", {"id": vm_id, "migration": migration, "reason": reason}, f"VM {vm_id}: migration"):
+                log.warning("VM %s: migration cancelled: %s", vm_id, reason)
+
+    async def order_moves(self, env: Env) -> list[MoveOrder]:
+        """Drains, then the rebalance plan (planning one when rebalancing is automatic)."""
+        state = env.state()
+        settings = AllocSettings.from_state(state.cluster)
+        shared = shared_vm_storage(state)
+        nodes, vms = env.nodes(), env.vms()
+        unseen = {n for n in nodes if n not in self.tracker.renewing}
+        orders = plan_drain(nodes, vms, settings, shared, unseen)
+        plan = state.cluster.get("rebalance")
+        if settings.rebalance_auto and (plan is None or plan_finished(plan, vms, state.tasks)) and not orders:
+            now = env.monotonic()
+            if self.last_auto_plan is None or now - self.last_auto_plan >= settings.rebalance_interval_s:
+                self.last_auto_plan = now
+                await self.plan_rebalance(env, nodes, vms, settings, shared)
+                plan = env.state().cluster.get("rebalance")
+        orders += [o for o in next_rebalance_moves(plan, nodes, vms, env.state().tasks, settings, shared) if o.target not in unseen]
+        for order in orders:
+            args = {"id": order.vm, "node": order.target, "mode": order.mode, "reason": order.reason}
+            if order.force:
+                args["force"] = True
+            if order.plan:
+                args["plan"] = order.plan
+            if await try_propose(env, "vm.migrate", args, f"VM {order.vm}: {order.reason}"):
+                log.info("VM %s: %s migration to %s (%s)", order.vm, order.mode, order.target, order.reason)
+        return orders
+
+    async def plan_rebalance(self, env: Env, nodes: dict[str, Any], vms: dict[str, Any], settings: AllocSettings, shared: bool) -> None:
+        snap = Snapshot.build(nodes, vms.values(), settings)
+        movable = {v["id"] for v in vms.values() if movable_without_downtime(v, nodes, shared)}
+        plan = plan_rebalance(snap, settings.rebalance_max_moves, lambda d: d.vm_id in movable)
+        if not plan.moves:
+            return
+        moves = [{"vm": m.vm_id, "from": m.source, "to": m.target} for m in plan.moves]
+        plan_id = f"auto-{env.term()}-{int(env.wall())}"
+        if await try_propose(env, "cluster.rebalance_set", {"id": plan_id, "moves": moves, "auto": True}, "an automatic rebalance"):
+            log.info("automatic rebalance %s: %d moves (score %.4f -> %.4f)", plan_id, len(moves), plan.score_before, plan.score_after)
 
     async def fail_over(self, env: Env, ages: dict[str, float]) -> FailoverPlan:
         """Re-home the HA VMs of lost nodes (see ``cloudd.failover``)."""

@@ -163,8 +163,15 @@ class MigrationAgent:
                     await call(self.driver.abort_migration, vm_id)
                 await self._progress(env, vm, mig, memory, progress.percent, _live_message(progress))
                 return
-            if seen is None or seen.power not in ("running", "paused"):
-                return  # gone from here: it runs on the target, whose agent says "landed"
+            if seen is None:
+                # libvirt undefines the source's domain only once the guest runs on the
+                # target (UNDEFINE_SOURCE): it left this node
+                await self._step(env, vm, mig, "landed")
+                return
+            if seen.power not in ("running", "paused"):
+                # still defined here but off (fenced, crashed) and no job: it never left
+                await self._step(env, vm, mig, "failed", reason=f"the guest is {seen.power} on {mig['source']}: the migration did not happen")
+                return
             if mig.get("started") or mig.get("cancel"):
                 # started before (by this node's previous process) and no longer running in
                 # libvirt, or cancelled before it began: the guest is still here

@@ -95,6 +95,7 @@ def check_migration(state: State, vm: dict[str, Any], target_name: str, mode: st
         "bandwidth_mib_s": Field("int", min=1, max=1 << 20, required=False),
         "max_downtime_ms": Field("int", min=10, max=60_000, required=False),
         "reason": Field("str", max_len=200, required=False),  # why the leader moves it: a drain, a rebalance
+        "plan": Field("str", pattern=OBJECT_ID.pattern, required=False),  # the rebalance plan this move belongs to
     },
     target="id",
 )
@@ -103,6 +104,12 @@ def vm_migrate(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, An
     vm = get_vm(state, args["id"])
     mode = args["mode"]
     check_migration(state, vm, args["node"], mode, bool(args.get("force")))
+    plan_move = None
+    if "plan" in args:
+        plan = state.cluster.get("rebalance") or {}
+        plan_move = next((m for m in plan.get("moves", ()) if plan.get("id") == args["plan"] and m["vm"] == vm["id"] and m["to"] == args["node"]), None)
+        if plan_move is None or plan_move.get("task"):
+            raise CloudError("conflict", f"rebalance plan {args['plan']} has no pending move of VM {vm['name']} to {args['node']}")
     settings = AllocSettings.from_state(state.cluster)
     source = vm["node"]
     vm["migration"] = {
@@ -122,6 +129,8 @@ def vm_migrate(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, An
     }
     move(vm, "migrating", ctx.ts, f"{mode} migration to {args['node']}" + (f" ({args['reason']})" if args.get("reason") else ""))
     task = open_task(state, ctx, "vm.migrate", vm, mode=mode, source=source, target=args["node"], reason=args.get("reason"))
+    if plan_move is not None:
+        plan_move["task"] = task["id"]
     return {"id": vm["id"], "state": vm["state"], "migration": dict(vm["migration"]), "task": dict(state.tasks[task["id"]])}
 
 
@@ -185,6 +194,9 @@ STEPS = {
         "phase": Field("str", choices=(*STEPS, "failed")),
         "reason": REASON,
         "downtime_ms": Field("num", min=0, max=1e7, required=False),
+        # migrating: the domain the target would define (its bridges, taps, paths), which the
+        # source's libvirt gives the migrated guest
+        "target_spec": Field("dict", max_len=32, required=False),
     },
     target="id",
 )
@@ -212,6 +224,10 @@ def vm_migration_step(state: State, ctx: Context, args: dict[str, Any]) -> dict[
             state.tasks[mig["id"]]["detail"]["downtime_ms"] = downtime
         _commit(state, vm, mig, ctx.ts, "running there" + (f" (downtime {downtime:.0f} ms)" if downtime is not None else ""))
     else:
+        if phase == "migrating":
+            if not args.get("target_spec"):
+                raise CloudError("invalid", "the target's domain (target_spec) is needed to start a live migration")
+            mig["target_spec"] = args["target_spec"]
         mig["phase"], mig["phase_since"] = phase, ctx.ts
         follow_vm(state, vm, ctx.ts)
     return {"id": vm["id"], "state": vm["state"], "node": vm["node"], "phase": phase}
@@ -275,3 +291,33 @@ def vm_leftovers_cleaned(state: State, ctx: Context, args: dict[str, Any]) -> di
     if not leftovers:
         vm.pop("leftovers", None)
     return {"id": vm["id"], "leftovers": sorted(leftovers)}
+
+
+MOVE = Field("obj", spec={"vm": OBJECT_ID, "from": NODE_NAME, "to": NODE_NAME})
+
+
+@command(
+    "cluster.rebalance_set",
+    {"id": OBJECT_ID, "moves": Field("list", max_len=1000, item=MOVE), "auto": Field("bool", required=False), "replace": Field("bool", required=False)},
+    target="id",
+)
+def cluster_rebalance_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Hand the leader a rebalance plan to execute move by move (as migrations). A plan
+    still running is replaced only with ``replace`` (its running migrations go on)."""
+    from cloudd.moves import plan_finished, rebalance_status
+
+    current = state.cluster.get("rebalance")
+    if current and not args.get("replace") and not plan_finished(current, state.vms, state.tasks):
+        raise CloudError("conflict", f"rebalance plan {current['id']} is still running: wait for it, or replace it", {"plan": current["id"]})
+    for move in args["moves"]:
+        vm = get_vm(state, move["vm"])
+        if vm["node"] != move["from"]:
+            raise CloudError("conflict", f"VM {vm['name']} is on {vm['node']}, not {move['from']}: plan again")
+        get_node(state, move["to"])
+    if len({m["vm"] for m in args["moves"]}) != len(args["moves"]):
+        raise CloudError("invalid", "a plan moves each VM once")
+    state.cluster["rebalance"] = {
+        "id": args["id"], "moves": [dict(m) for m in args["moves"]], "auto": bool(args.get("auto")), "created_at": ctx.ts,
+        "by": ctx.actor.get("user") or ctx.actor.get("node"),
+    }
+    return {"id": args["id"], "moves": rebalance_status(state.cluster["rebalance"], state.vms, state.tasks)}

@@ -10,6 +10,7 @@ from cloudd.commands.cluster import ROLES
 from cloudd.commands.common import NODE_NAME, get_node, require_initialized
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
+from cloudd.moves import DRAIN_MODES
 from cloudd.model.state import State
 from cloudd.validate import ADDRESS_RE, Field
 
@@ -125,12 +126,15 @@ def node_status_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[st
     return {"name": node["name"], "status": node["status"]}
 
 
-@command("node.maintenance_set", {"name": NODE_NAME, "enabled": Field("bool")})
+@command("node.maintenance_set", {"name": NODE_NAME, "enabled": Field("bool"), "drain": Field("str", choices=DRAIN_MODES, required=False)})
 def node_maintenance_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """An admin puts a node into maintenance or takes it out."""
+    """An admin puts a node into maintenance (no new VMs; ``drain``: the leader moves its
+    VMs away — ``live`` (default) what can move without downtime, ``all`` everything,
+    ``none`` nothing) or takes it out (a drain stops)."""
     node = get_node(state, args["name"])
     node["maintenance"] = args["enabled"]
+    node["drain"] = args.get("drain", "live") if args["enabled"] else "none"
     if not args["enabled"] and node["status"] == "maintenance":
         node["status"] = "up"
         node["status_since"] = ctx.ts
-    return {"name": node["name"], "maintenance": node["maintenance"]}
+    return {"name": node["name"], "maintenance": node["maintenance"], "drain": node["drain"]}

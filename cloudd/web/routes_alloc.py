@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 from starlette.requests import Request
@@ -17,7 +18,9 @@ from cloudd.alloc.placement import fit_count, n_plus_one, place
 from cloudd.alloc.rebalance import plan_rebalance
 from cloudd.validate import Field
 from cloudd.alloc.snapshot import AllocSettings, Demand, Snapshot, demand_of
-from cloudd.commands.alloc import SETTINGS_FIELDS, settings_view
+from cloudd.commands.alloc import SETTINGS_FIELDS, settings_view, shared_vm_storage
+from cloudd.moves import movable_without_downtime, plan_finished
+from cloudd.moves import rebalance_status as moves_status
 from cloudd.errors import CloudError
 from cloudd.web.api import Api, find_owned
 from cloudd.web.auth import require_admin
@@ -104,7 +107,9 @@ def routes(api: Api) -> list[ApiRoute]:
         await api.fresh(request)
         with runtime.raft.lock:
             snap = snapshot()
-            movable = {v["id"] for v in runtime.raft.state.vms.values() if v["state"] in ("running", "stopped")}
+            state = runtime.raft.state
+            shared = shared_vm_storage(state)
+            movable = {v["id"] for v in state.vms.values() if movable_without_downtime(v, state.nodes, shared)}
         # planned outside the replica's lock (and off the event loop): commands go on applying
         plan = await asyncio.to_thread(plan_rebalance, snap, body.get("max_moves", snap.settings.rebalance_max_moves), lambda d: d.vm_id in movable)
         with runtime.raft.lock:
@@ -116,19 +121,39 @@ def routes(api: Api) -> list[ApiRoute]:
             "n_plus_one_before": plan.n_plus_one_before, "n_plus_one_after": plan.n_plus_one_after,
             "applied": False,
         }
+        answer["plan"] = None
         if body.get("apply") and plan.moves:
-            raise CloudError(
-                "conflict", "the plan's moves are migrations, and this version cannot migrate VMs yet: review the plan (apply=false)",
-                {"plan": answer},
-            )
+            plan_id = "p" + secrets.token_hex(6)
+            moves = [{"vm": m.vm_id, "from": m.source, "to": m.target} for m in plan.moves]
+            _, index = await api.commit(request, principal, "cluster.rebalance_set", {"id": plan_id, "moves": moves})
+            answer["applied"], answer["plan"] = True, plan_id
+            return json_response(answer, index=index)
         return json_response(answer)
+
+    @guarded
+    async def rebalance_status(request: Request) -> Response:
+        require_admin(await api.principal(request))
+        await api.fresh(request)
+        with runtime.raft.lock:
+            state = runtime.raft.state
+            plan = state.cluster.get("rebalance")
+            if plan is None:
+                return json_response({"plan": None})
+            moves = moves_status(plan, state.vms, state.tasks)
+            view = {**{k: v for k, v in plan.items() if k != "moves"}, "moves": moves, "finished": plan_finished(plan, state.vms, state.tasks)}
+        return json_response({"plan": view})
 
     return [
         ApiRoute("/api/v1/cluster/rebalance", rebalance, "POST", Doc(
-            "Plan (and, once VMs can migrate, apply) a bounded list of moves that evens out the hypervisors, keeping N+1 when it held",
+            "Plan (and with apply=true execute) a bounded list of moves that evens out the hypervisors, keeping N+1 when it held",
             "admin", "cluster", body=REBALANCE, response="Rebalance",
             description="The score is a sum of standard deviations across nodes (allocated RAM, vCPU and disk shares; observed RAM "
-            "under the usage and trend policies), like Ganeti's hbal. apply=true answers 409 with the plan while migration is missing.",
+            "under the usage and trend policies), like Ganeti's hbal. Only VMs that can move without downtime are moved: stopped ones "
+            "(offline) and running ones that can migrate live. apply=true hands the plan to the leader, which runs its moves as "
+            "migrations within the cluster's limits (409 while another plan runs); follow it at GET /api/v1/cluster/rebalance.",
+        )),
+        ApiRoute("/api/v1/cluster/rebalance", rebalance_status, "GET", Doc(
+            "The last rebalance plan handed to the leader, with each move's status and task", "admin", "cluster", response="RebalanceStatus",
         )),
         ApiRoute("/api/v1/cluster/settings", settings_show, "GET", Doc("The allocation policy and its settings, and whether VM disks are on shared storage", "admin", "cluster", response="ClusterSettings")),
         ApiRoute("/api/v1/cluster/settings", settings_update, "PATCH", Doc(

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from cloudd.commands.cluster import ROLES
 from cloudd.commands.nodes import STATUSES
 from cloudd.errors import CloudError
+from cloudd.moves import DRAIN_MODES
 from cloudd.validate import Field
 from cloudd.web.api import Api, page
 from cloudd.web.auth import require_admin
@@ -17,7 +18,7 @@ from cloudd.web.http import guarded, json_response, read_json
 from cloudd.web.openapi import ApiRoute, Doc, Param
 from cloudd.web.schemas import BOOL, STR, obj
 
-NODE_MAINTENANCE = {"enabled": Field("bool")}
+NODE_MAINTENANCE = {"enabled": Field("bool"), "drain": Field("str", choices=DRAIN_MODES, required=False)}
 
 
 def node_view(node: dict[str, Any], leader_addr: str | None) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def routes(api: Api) -> list[ApiRoute]:
         require_admin(principal)
         body = await read_json(request, NODE_MAINTENANCE)
         result, index = await api.commit(
-            request, principal, "node.maintenance_set", {"name": request.path_params["name"], "enabled": body["enabled"]}
+            request, principal, "node.maintenance_set", {"name": request.path_params["name"], **body}
         )
         return json_response(result, index=index)
 
@@ -79,7 +80,10 @@ def routes(api: Api) -> list[ApiRoute]:
         )),
         ApiRoute("/api/v1/nodes/{name}", nodes_show, "GET", Doc("One node: roles, inventory, status, lease, usage", "admin", "nodes", response="Node")),
         ApiRoute("/api/v1/nodes/{name}/maintenance", nodes_maintenance, "POST", Doc(
-            "Put a node into maintenance or take it out", "admin", "nodes", body=NODE_MAINTENANCE,
-            response=obj(["name", "maintenance"], name=STR, maintenance=BOOL),
+            "Put a node into maintenance (no new VMs; its VMs drained away) or take it out", "admin", "nodes", body=NODE_MAINTENANCE,
+            response=obj(["name", "maintenance"], name=STR, maintenance=BOOL, drain=STR),
+            description="`drain` (with enabled=true): `live` (default) moves the stopped VMs and the running ones that can migrate live; "
+            "`all` also shuts down, moves and restarts the others; `none` moves nothing. The leader moves them as migrations within the "
+            "cluster's limits; a VM that finds no room stays and is tried again. Taking the node out of maintenance stops the drain.",
         )),
     ]

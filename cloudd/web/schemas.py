@@ -255,6 +255,17 @@ SCHEMAS: dict[str, Any] = {
         ["moves", "score_before", "score_after", "applied"],
         moves={"type": "array", "items": obj(["vm", "from", "to", "gain"], vm=STR, name=STR, **{"from": STR}, to=STR, gain=NUM)},
         score_before=NUM, score_after=NUM, spread_before=OBJ, spread_after=OBJ, n_plus_one_before=BOOL, n_plus_one_after=BOOL, applied=BOOL,
+        plan=NSTR,
+    ),
+    "RebalanceStatus": obj(
+        ["plan"],
+        plan={**obj(
+            ["id", "moves", "finished"], id=STR, auto=BOOL, created_at=NUM, by=NSTR, finished=BOOL,
+            moves={"type": "array", "items": obj(
+                ["vm", "from", "to", "status"], vm=STR, **{"from": STR}, to=STR, task=NSTR, message=NSTR,
+                status={"type": "string", "enum": ["pending", "running", "done", "failed", "gone"]},
+            )},
+        ), "nullable": True},
     ),
     "Placement": obj(
         ["vm", "node", "candidates", "refused"],

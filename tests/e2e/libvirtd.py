@@ -11,6 +11,10 @@ lives outside those mounts, in ``<root>/sock``, so this process and virsh reach 
 ``qemu:///system?socket=<root>/sock/libvirt-sock``. Nothing is written to the host's own
 libvirt directories; ``host_libvirt_snapshot()`` lets a test check that.
 
+Every daemon has a host UUID of its own, so two of them can live-migrate to each other
+(peer to peer over those sockets: /tmp is the same in every namespace); give each its
+own ``migration_ports`` (and VNC ports) then.
+
 Processes are ended by the PIDs this helper started (and the qemu PIDs libvirtd wrote
 into the private /run), never by name.
 """

@@ -9,6 +9,10 @@ into a file "node B" made beforehand, as a target node prepares it. The guest ke
 random token in RAM only and prints it with its uptime every second, so the same token
 and a still-growing uptime on B's serial log prove it kept its memory and never rebooted.
 
+A guest whose disk is an iSCSI volume (a private tgtd; shared storage, nothing copied)
+moves too: the target logs in with its own initiator name and its own copy of the CHAP
+secret, which it must hold before the migration starts.
+
 Also: ``abort_migration`` from another thread during a migration made slow (1 MiB/s),
 progress read meanwhile, and a target that cannot be reached; both leave the guest
 running on A. The two daemons use VNC ports 7300-7399 and migration ports 49300-49399,
@@ -18,6 +22,7 @@ which no other test uses.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
 import subprocess
@@ -30,9 +35,11 @@ from pathlib import Path
 
 import pytest
 
-from cloudd.ops.compute import ComputeError, DiskSpec, DomainSpec, LiveOptions, MigrationProgress, MigrationResult, MigrationTarget, NicSpec
+from cloudd.ops.compute import ComputeError, DiskSpec, DomainSpec, IscsiSource, LiveOptions, MigrationProgress, MigrationResult, MigrationTarget, NicSpec
 from cloudd.ops.domain_xml import digest_of
 from cloudd.ops.libvirt_compute import LibvirtCompute
+from cloudd.ops.storage import ExportSpec, node_initiator, volume_target
+from cloudd.ops.tgt import TgtExports, parse_connections
 from tests.e2e.guest_helpers import serial, wait_for
 from tests.e2e.libvirtd import PrivateLibvirtd, libvirtd_missing
 
@@ -51,6 +58,10 @@ PATTERN = "0xa5"  # written into the disk on A, read back from B's copy
 def heartbeats(path: Path) -> list[tuple[float, str]]:
     """(uptime, token) of every complete heartbeat in a serial log."""
     return [(float(up), token) for up, token in HEARTBEAT.findall(serial(path))]
+
+
+def mac(vm_id: str) -> str:
+    return "52:54:00:7e:{:02x}:{:02x}".format(*hashlib.sha256(vm_id.encode()).digest()[:2])
 
 
 def ip(*args: str) -> None:
@@ -74,7 +85,7 @@ class Pair:
         disks = (DiskSpec(str(self.disk(vm_id, node)), format="qcow2", target="vda"),) if disk else ()
         return DomainSpec(
             vm_id, vm_id, 1, 128, disks, domain_type="qemu", vnc_password=f"pw-{node}",
-            serial_log=str(self.log(vm_id, node)), interfaces=(NicSpec("52:54:00:7e:00:01", NODES[node][2], f"cmig{node}-{vm_id}"),),
+            serial_log=str(self.log(vm_id, node)), interfaces=(NicSpec(mac(vm_id), NODES[node][2], f"cmig{node}-{vm_id}"),),
             kernel=str(self.guest / "vmlinuz"), initrd=str(self.guest / "initrd.img"), cmdline="console=ttyS0",
         )
 
@@ -89,7 +100,9 @@ class Pair:
         drv = self.drivers[node]
         drv.define(spec)
         drv.start(spec.vm_id)
-        return wait_for(lambda: next(iter(heartbeats(self.log(spec.vm_id, node))), None), 120, f"{spec.vm_id}'s first heartbeat")
+        first = wait_for(lambda: next(iter(heartbeats(self.log(spec.vm_id, node))), None), 120, f"{spec.vm_id}'s first heartbeat")
+        assert first is not None
+        return first
 
     def xml(self, node: str, vm_id: str) -> str:
         return self.daemons[node].virsh("dumpxml", "--security-info", f"cloudd-{vm_id}").stdout
@@ -106,7 +119,7 @@ def pair(guest: Path) -> Iterator[Pair]:
     try:
         for node, (vnc, migration, bridge) in NODES.items():
             (work / node).mkdir()
-            subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)  # a leftover of a killed run
+            subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True, timeout=30)  # a leftover of a killed run
             ip("link", "add", bridge, "type", "bridge")
             bridges.append(bridge)
             ip("link", "set", bridge, "up")
@@ -117,7 +130,7 @@ def pair(guest: Path) -> Iterator[Pair]:
         for daemon in daemons.values():
             daemon.stop()
         for bridge in bridges:
-            subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
+            subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True, timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -153,6 +166,10 @@ def test_a_running_guest_moves_live_to_the_other_node_and_back(pair: Pair) -> No
     try:
         assert a.migration_progress("mover") is None  # no job yet
         a.abort_migration("mover")  # no-op without a job
+        # a local disk that is neither on shared storage nor copied along: libvirt refuses
+        with pytest.raises(ComputeError, match="Migration without shared storage is unsafe"):
+            a.migrate_live("mover", pair.target("b"), on_b, LiveOptions())
+        assert a.domains()["mover"].power == "running"
         # what the target node prepares: the file the local disk is copied into (same size)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(pair.disk("mover", "b")), f"{DISK_MIB}M"], check=True, timeout=30)
         wait_for(lambda: len(heartbeats(pair.log("mover", "a"))) >= 3, 30, "a few heartbeats on A")
@@ -167,7 +184,7 @@ def test_a_running_guest_moves_live_to_the_other_node_and_back(pair: Pair) -> No
         assert "mover" not in a.domains() and "cloudd-mover" not in pair.daemons["a"].domains()
         info = b.domains()["mover"]
         assert info.power == "running" and info.digest == on_b.digest
-        assert info.live_nics == {"52:54:00:7e:00:01": "cmigb-mover"}
+        assert info.live_nics == {mac("mover"): "cmigb-mover"}
         assert info.live_disks == {"vda": str(pair.disk("mover", "b"))}
         assert "Persistent:     yes" in pair.daemons["b"].virsh("dominfo", "cloudd-mover").stdout
         xml = pair.xml("b", "mover")
@@ -219,7 +236,9 @@ def test_an_aborted_slow_migration_leaves_the_guest_running_on_a(pair: Pair, res
             progress = a.migration_progress(spec.vm_id)
             if progress is not None:
                 seen.append(progress)
-            return len(seen) >= 2 and seen[-1].data_processed > seen[0].data_processed > 0
+            assert worker.is_alive(), f"the migration ended early: {outcome}"
+            moving = [p for p in seen if p.data_processed > 0]  # the first reads may come before any page
+            return len(moving) >= 2 and moving[-1].data_processed > moving[0].data_processed
 
         wait_for(progressed, 60, "the migration's progress")
         last = seen[-1]
@@ -266,3 +285,36 @@ def test_a_migration_that_cannot_work_fails_fast_and_the_guest_stays(pair: Pair,
     with pytest.raises(ComputeError, match="not running|not defined"):
         a.migrate_live("no-such-vm", pair.target("b"), dataclasses.replace(spec, vm_id="no-such-vm"), LiveOptions())
     still_runs_on_a(pair, spec, token)
+
+
+def test_a_guest_on_an_iscsi_volume_moves_and_the_target_logs_in_with_its_own_initiator(pair: Pair, tgt: TgtExports, tmp_path: Path) -> None:
+    volume, target_iqn, password = tmp_path / "vol.raw", volume_target("migvol1"), "chap-secret-1234"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(volume), f"{DISK_MIB}M"], check=True, timeout=30)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P {PATTERN} 1M 1M", str(volume)], check=True, capture_output=True, timeout=30)
+    # what both nodes need beforehand: the export admits both initiators, each libvirtd holds the secret
+    tgt.ensure(ExportSpec(target_iqn, str(volume), (node_initiator("mig-a"), node_initiator("mig-b")), "migchap", password))
+    host, port = tgt.portal.rsplit(":", 1)
+
+    def spec(node: str) -> DomainSpec:
+        iscsi = IscsiSource(host, int(port), target_iqn, node_initiator(f"mig-{node}"), "migchap")
+        return dataclasses.replace(pair.spec("vol", node), disks=(DiskSpec(iscsi.url, format="raw", target="vda", iscsi=iscsi),))
+
+    def sessions() -> list[str]:
+        tid = next(line.split()[1].rstrip(":") for line in tgt._adm("--op", "show", "--mode", "target").splitlines() if line.endswith(target_iqn))
+        return [initiator for _, _, initiator in parse_connections(tgt._adm("--op", "show", "--mode", "conn", "--tid", tid))]
+
+    for drv in pair.drivers.values():
+        drv.ensure_secret(target_iqn, password)
+    _, token = pair.boot(spec("a"), "a")
+    try:
+        assert sessions() == [node_initiator("mig-a")]
+        result = pair.drivers["a"].migrate_live("vol", pair.target("b"), spec("b"), LiveOptions())  # shared: nothing to copy
+        print(f"\niSCSI guest A -> B: {result.elapsed_s:.2f} s, downtime {result.downtime_ms} ms")
+        assert "vol" not in pair.drivers["a"].domains() and pair.drivers["b"].domains()["vol"].power == "running"
+        assert f"<iqn name='{node_initiator('mig-b')}'/>" in pair.xml("b", "vol")
+        wait_for(lambda: sessions() == [node_initiator("mig-b")], 30, "B's session alone")
+        wait_for(lambda: len(heartbeats(pair.log("vol", "b"))) >= 2, 30, "heartbeats on B")
+        assert {t for _, t in heartbeats(pair.log("vol", "b"))} == {token}
+    finally:
+        for drv in pair.drivers.values():
+            drv.undefine("vol")

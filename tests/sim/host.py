@@ -18,7 +18,8 @@ from cloudd.agent import Agent
 from cloudd.config import Timings
 from cloudd.fence_guard import GuardState
 from cloudd.manager import Manager
-from cloudd.ops.compute import DomainSpec
+from cloudd.migration_agent import MigrationAgent
+from cloudd.ops.compute import ComputeError, DomainSpec, LiveOptions, MigrationResult, MigrationTarget
 from cloudd.ops.fake_compute import FakeCompute
 from cloudd.reconcile import LeaseClock, ReconcileSettings, VmReconciler
 from tests.sim.spec import NodeSpec
@@ -43,9 +44,11 @@ class SimCompute(FakeCompute):
     """``FakeCompute`` that tells the simulator of every power change as it happens (so
     the log shows it in the order the reconciler caused it)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, peers: dict[str, FakeCompute] | None = None) -> None:
+        super().__init__(peers=peers)
         self.on_power: Callable[[str, str, str], None] = lambda vm_id, old, new: None
+        self.note_as: str | None = None  # who the log names for a change not made by this host's cloudd
+        self.can_reach: Callable[[str], bool] = lambda node: True  # the simulator: powered, same side of a partition
 
     def _watch(self, vm_id: str, change: Callable[[], None]) -> None:
         old = self.power.get(vm_id, "absent")
@@ -74,6 +77,20 @@ class SimCompute(FakeCompute):
     def kill(self, vm_id: str) -> None:
         self._watch(vm_id, lambda: super(SimCompute, self).kill(vm_id))
 
+    def migrate_live(self, vm_id: str, target: MigrationTarget, target_spec: DomainSpec, options: LiveOptions) -> MigrationResult:
+        peer = self.peers.get(target.libvirt_uri)
+        if not isinstance(peer, SimCompute):
+            return super().migrate_live(vm_id, target, target_spec, options)
+        if not self.can_reach(target.node):
+            raise ComputeError(f"live-migrating cloudd-{vm_id}: cannot reach {target.libvirt_uri}")
+        result: list[MigrationResult] = []
+        peer.note_as = f"{target.node}/libvirt"  # the guest arrives there without its cloudd doing anything
+        try:
+            peer._watch(vm_id, lambda: self._watch(vm_id, lambda: result.append(super(SimCompute, self).migrate_live(vm_id, target, target_spec, options))))
+        finally:
+            peer.note_as = None
+        return result[0]
+
 
 @dataclass
 class Cloudd:
@@ -82,6 +99,7 @@ class Cloudd:
     agent: Agent
     manager: Manager
     reconciler: VmReconciler | None
+    migrations: MigrationAgent | None
     due: dict[str, float]
     started_at: float = 0.0
     renewed: bool = False  # a lease renewal committed since this process started
@@ -91,7 +109,7 @@ class Cloudd:
 @dataclass
 class Host:
     spec: NodeSpec
-    compute: SimCompute = field(default_factory=SimCompute)
+    compute: SimCompute = field(default_factory=SimCompute)  # the simulator gives every host one shared ``peers``
     powered: bool = True
     boot_at: float = 0.0
     guard: GuardState | None = None
@@ -116,6 +134,10 @@ class Host:
         self.powered, self.boot_at = True, now
         self.guard = GuardState(timings.fence_after) if self.spec.guard and "hypervisor" in self.spec.roles else None  # as cloudd.daemon
 
+    async def compute_facts(self) -> dict[str, Any]:
+        """As ``cloudd.daemon.compute_facts``: the hosts migrate live to each other."""
+        return compute_facts(self.name)
+
     def power_loss(self) -> None:
         """Every domain dies with the host; its definition stays (libvirt keeps it on disk)."""
         self.powered, self.cloudd, self.guard = False, None, None
@@ -138,5 +160,13 @@ class Host:
             )
             reconciler.threads.shutdown(wait=False)  # never used: no thread was started
             reconciler.threads = InlineExecutor()  # type: ignore[assignment]
-        self.cloudd = Cloudd(agent, Manager(timings), reconciler, {"agent": now, "reconcile": now, "manager": now}, started_at=now)
+            migrations = MigrationAgent(reconciler, threads=InlineExecutor())  # type: ignore[arg-type]
+            agent.compute = self.compute_facts
+        else:
+            migrations = None
+        self.cloudd = Cloudd(agent, Manager(timings), reconciler, migrations, {"agent": now, "reconcile": now, "manager": now}, started_at=now)
         return self.cloudd
+
+
+def compute_facts(name: str) -> dict[str, Any]:
+    return {"cpu_models": [], "live_migration": True, "migration_uri": f"sim://{name}", "migrate_uri": None}

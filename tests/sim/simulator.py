@@ -30,7 +30,7 @@ from cloudd.errors import CloudError
 from cloudd.failover import STORM_ALERT
 from tests.factories import PW_HASH, Replica
 from tests.sim.env import WALL_BASE, SimEnv
-from tests.sim.host import ACTIVE, Host
+from tests.sim.host import ACTIVE, Cloudd, Host, SimCompute, compute_facts
 from tests.sim.raft import RaftModel
 from tests.sim.spec import Action, ClusterSpec, VmSpec
 
@@ -56,7 +56,11 @@ class Simulator:
         self.muted = False
         self.ended = False
         self.replica = Replica()
-        self.hosts = {n.name: Host(n) for n in sorted(spec.nodes, key=lambda n: n.name)}
+        peers: dict[str, Any] = {}  # libvirt URI -> hypervisor: the hosts migrate live to each other
+        self.hosts = {n.name: Host(n, SimCompute(peers)) for n in sorted(spec.nodes, key=lambda n: n.name)}
+        for name, host in self.hosts.items():
+            peers[f"sim://{name}"] = host.compute
+            host.compute.can_reach = functools.partial(self._reaches, name)
         self.defined_now: set[tuple[str, str]] = set()  # domains defined, not yet started
         self.acting: dict[str, str] = {}  # host -> who acts on its hypervisor now (for the log)
         for host in self.hosts.values():
@@ -115,7 +119,10 @@ class Simulator:
             self._apply("flavor.create", {"name": name, **flavor})
         self._apply("cluster.settings_set", {"shared_vm_storage": True, **spec.settings})
         for node in spec.nodes:
-            self._apply("node.register", {"name": node.name, "roles": list(node.roles), "inventory": self._inventory(f"sim:{node.name}")})
+            self._apply("node.register", {
+                "name": node.name, "roles": list(node.roles), "inventory": self._inventory(f"sim:{node.name}"),
+                **({"compute": compute_facts(node.name)} if "hypervisor" in node.roles else {}),
+            })
             seq = self._apply("node.heartbeat", {"name": node.name})["lease_seq"]
             self._apply("node.status_set", {"name": node.name, "status": "up", "observed_seq": seq})
         for vm in spec.vms:
@@ -204,7 +211,7 @@ class Simulator:
                 continue
             loops: list[tuple[str, float, Callable[[SimEnv], Awaitable[Any]] | None]] = [
                 ("agent", t.heartbeat_interval, c.agent.step),
-                ("reconcile", self.spec.sim.reconcile_interval, c.reconciler.step if c.reconciler else None),
+                ("reconcile", self.spec.sim.reconcile_interval, self._reconcile_pass(c) if c.reconciler else None),
                 ("manager", t.manager_interval, c.manager.step),
             ]
             for part, interval, step in loops:
@@ -212,6 +219,17 @@ class Simulator:
                     continue
                 c.due[part] = max(c.due[part] + interval, self.now + 1e-9)
                 self._step(host, part, step)
+
+    @staticmethod
+    def _reconcile_pass(c: Cloudd) -> Callable[[SimEnv], Awaitable[Any]]:
+        """As ``cloudd.daemon``: the migration pass, then the VM pass."""
+
+        async def reconcile(env: SimEnv) -> None:
+            assert c.reconciler is not None and c.migrations is not None
+            await c.migrations.step(env)
+            await c.reconciler.step(env)
+
+        return reconcile
 
     def _step(self, host: Host, part: str, step: Callable[[SimEnv], Awaitable[Any]]) -> None:
         c = host.cloudd
@@ -244,6 +262,10 @@ class Simulator:
         for vm_id in active:
             host.compute.destroy(vm_id)
 
+    def _reaches(self, source: str, target: str) -> bool:
+        """Whether a host's libvirt reaches another's: powered, same side of a partition."""
+        return self.hosts[target].powered and self.raft.group.get(source) == self.raft.group.get(target)
+
     def _on_power(self, host: Host, vm_id: str, old: str, new: str) -> None:
         if (old, new) == ("absent", "shut_off"):
             self.defined_now.add((host.name, vm_id))
@@ -254,7 +276,7 @@ class Simulator:
         view = self.raft.state_of(host.name)
         vm = view.vms.get(vm_id)
         stale = f" (stale copy: the VM is on {vm['node']})" if new == "absent" and vm and vm["node"] not in (None, host.name) else ""
-        self.note(self.acting.get(host.name, f"{host.name}/?"), f"domain {vm_id}: {old} -> {new}{stale}")
+        self.note(host.compute.note_as or self.acting.get(host.name, f"{host.name}/?"), f"domain {vm_id}: {old} -> {new}{stale}")
         self._check_invariant()
 
     def _check_invariant(self) -> None:
@@ -327,6 +349,15 @@ class Simulator:
             self.note(who, f"failover of vm {args['id']} from {args['from_node']} to {args['node']}")
         elif op == "vm.unplaceable":
             self.note(who, f"vm {args['id']} stays pending: {args['reason']}")
+        elif op == "vm.migrate":
+            mig = result["migration"]
+            self.note(who, f"vm {args['id']}: {mig['mode']} migration {mig['source']} -> {mig['target']}" + (f" ({args['reason']})" if args.get("reason") else ""))
+        elif op == "vm.migration_step":
+            self.note(who, f"vm {args['id']}: migration step {args['phase']}" + (f" ({args['reason']})" if args.get("reason") else ""))
+        elif op == "vm.migration_cancel":
+            self.note(who, f"vm {args['id']}: migration cancel: {result['cancel']}" + (f" ({args['reason']})" if args.get("reason") else ""))
+        elif op == "vm.leftovers_cleaned":
+            self.note(who, f"vm {args['id']}: leftovers on {args['node']} removed")
         elif op == "vm.failover_waiting":
             self.note(who, f"vm {args['id']} waits: {args['reason']}")
 
@@ -446,9 +477,31 @@ class Simulator:
         if vm_id in host.compute.defined:
             host.compute.kill(vm_id)
 
-    def do_maintenance(self, node: str, on: str) -> None:
-        self.note("sim", f"maintenance {on} for {node}")
-        self.admin("node.maintenance_set", {"name": node, "enabled": on == "on"})
+    def do_maintenance(self, node: str, on: str, drain: str | None = None) -> None:
+        self.note("sim", f"maintenance {on} for {node}" + (f" (drain {drain})" if drain else ""))
+        self.admin("node.maintenance_set", {"name": node, "enabled": on == "on", **({"drain": drain} if drain else {})})
+
+    def do_migrate(self, vm_id: str, node: str, mode: str, force: bool = False) -> None:
+        self.note("sim", f"migrate vm {vm_id} to {node} ({mode}{', force' if force else ''})")
+        self.admin("vm.migrate", {"id": vm_id, "node": node, "mode": mode, **({"force": True} if force else {})})
+
+    def do_cancel_migration(self, vm_id: str) -> None:
+        self.note("sim", f"cancel the migration of vm {vm_id}")
+        self.admin("vm.migration_cancel", {"id": vm_id})
+
+    def do_rebalance(self) -> None:
+        """An admin applies a rebalance plan (as POST /api/v1/cluster/rebalance apply=true)."""
+        from cloudd.alloc.rebalance import plan_rebalance
+        from cloudd.alloc.snapshot import AllocSettings, Snapshot
+        from cloudd.moves import movable_without_downtime
+
+        state = self.replica.state
+        settings = AllocSettings.from_state(state.cluster)
+        movable = {v["id"] for v in state.vms.values() if movable_without_downtime(v, state.nodes, True)}
+        plan = plan_rebalance(Snapshot.build(state.nodes, state.vms.values(), settings), settings.rebalance_max_moves, lambda d: d.vm_id in movable)
+        moves = [{"vm": m.vm_id, "from": m.source, "to": m.target} for m in plan.moves]
+        self.note("sim", "rebalance: " + (", ".join(f"{m['vm']} {m['from']}->{m['to']}" for m in moves) or "nothing to move"))
+        self.admin("cluster.rebalance_set", {"id": f"plan{self.tick_no}", "moves": moves})
 
     def do_fill(self, node: str, ram_mb: int) -> None:
         vm_id = f"fill-{node}-{next(self.fills)}"

@@ -33,7 +33,7 @@ DEFAULT_FLAVORS = {
     "large": {"vcpus": 2, "ram_mb": 3072, "disk_gb": 10},
 }
 
-# action -> the argument names it takes (cmdlist entries are [time, action, *args])
+# action -> the argument names it takes (cmdlist entries are [time, action, *args]; "?": optional)
 ACTIONS: dict[str, tuple[str, ...]] = {
     "power_off": ("node",),  # the host dies: cloudd, its guard and every domain on it
     "power_on": ("node",),  # boots: domains stay defined but off; the guard and cloudd start
@@ -47,7 +47,10 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "stop_vm": ("id",),
     "start_vm": ("id",),
     "kill_vm": ("id", "node"),  # the domain dies behind cloudd's back (qemu crash)
-    "maintenance": ("node", "on"),  # "on" / "off"
+    "maintenance": ("node", "on", "drain?"),  # "on" / "off"; drain: live (default), all, none
+    "migrate": ("id", "node", "mode", "force?"),  # an admin migrates a VM: mode live / offline
+    "cancel_migration": ("id",),
+    "rebalance": (),  # an admin applies the planner's moves (they run as migrations)
     "fill": ("node", "ram_mb"),  # a non-HA VM pinned to the node takes that much RAM
     "unfill": ("node",),  # deletes the node's fill VMs
     "end": (),  # the run stops here
@@ -157,7 +160,8 @@ def parse_cmdlist(entries: list[list[Any]], tick: float) -> list[Action]:
         at, name, args = float(entry[0]), entry[1], tuple(entry[2:])
         if name not in ACTIONS:
             raise ValueError(f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})")
-        if len(args) != len(ACTIONS[name]):
+        required = [a for a in ACTIONS[name] if not a.endswith("?")]
+        if not len(required) <= len(args) <= len(ACTIONS[name]):
             raise ValueError(f"{name} takes {', '.join(ACTIONS[name]) or 'nothing'}, got {list(args)}")
         if abs(at / tick - round(at / tick)) > 1e-9:
             raise ValueError(f"{name} at {at}: not a multiple of the tick {tick}")

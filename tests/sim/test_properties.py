@@ -8,6 +8,8 @@ Properties:
 - no acknowledged command is lost: after everything is back, every VM whose creation was
   acknowledged exists and runs exactly once on its node, every acknowledged delete is done.
 
+Admins also migrate VMs (live or offline) and drain nodes in the middle of the faults.
+
 Runs are derandomized (the same examples every time) and need no real time. Nodes boot
 and cloudd starts wherever the faults say, cut off from the majority or not; an
 ``outage`` powers a node off and boots it cut off from the others ``OUTAGE`` seconds
@@ -47,6 +49,8 @@ FAULTS = st.one_of(
     st.tuples(st.just("heal"), st.none()),
     st.tuples(st.just("create_vm"), st.integers(0, 3)),
     st.tuples(st.just("delete_vm"), st.sampled_from(["ha0", "plain1", "new0", "new1"])),
+    st.tuples(st.just("migrate"), st.tuples(st.sampled_from(["ha1", "ha2", "plain0", "new0"]), st.sampled_from(NODES), st.sampled_from(["live", "offline"]))),
+    st.tuples(st.just("drain"), st.sampled_from(NODES)),
 )
 PLANS = st.lists(st.tuples(st.integers(1, int(FAULT_WINDOW / 2) - 1), FAULTS), min_size=1, max_size=10)
 
@@ -71,6 +75,11 @@ def apply(sim: Simulator, action: str, arg: Any) -> None:
         sim.act("isolate", arg)
         sim.act("power_on", arg)
         sim.act("start_cloudd", arg)
+    elif action == "migrate":  # an admin moves a VM (refused when it cannot go there now)
+        vm_id, node, mode = arg
+        sim.act("migrate", vm_id, node, mode, True)
+    elif action == "drain":
+        sim.act("maintenance", arg, "on", "live")
     elif action == "create_vm":
         sim.act("create_vm", {"id": f"new{arg}", "ha": arg % 2 == 0})
     else:
@@ -99,6 +108,8 @@ def check_ha_vms_run_again(sim: Simulator) -> None:
         never_ran = vm["state"] == "creating" and not vm["observed"]["power"]  # placed, never reported
         if not (vm["ha"] or never_ran) or vm["state"] in ("deleting", "pending") or vm["desired"]["power"] != "running":
             continue
+        if vm.get("failover_waiting") and any(n["maintenance"] for n in sim.replica.state.nodes.values()):
+            continue  # an admin took nodes out of service (a drain): capacity may not allow
         pinned = vm["placement"]["nodes"]
         if pinned and not set(pinned) & up:
             continue  # pinned to nodes that are out: it waits in error until one is back

@@ -40,6 +40,8 @@ def running_vm(replica: Replica, vm_id: str = "v1", node: str = "n1", **extra: A
 
 
 def step(replica: Replica, vm: dict[str, Any], node: str, phase: str, **extra: Any) -> Any:
+    if phase == "migrating":
+        extra.setdefault("target_spec", {"vm_id": vm["id"], "name": vm["name"], "vcpus": 1, "ram_mb": 1024})
     return replica.ok("vm.migration_step", {"id": vm["id"], "migration": vm["migration"]["id"], "node": node, "phase": phase, **extra})
 
 

@@ -53,7 +53,7 @@ ARGS: dict[str, Any] = {
     "node.status_set": st.fixed_dictionaries(
         {"name": NAMES, "status": st.sampled_from(["up", "suspect", "down", "maintenance"]), "observed_seq": st.integers(0, 3)}
     ),
-    "node.maintenance_set": st.fixed_dictionaries({"name": NAMES, "enabled": st.booleans()}),
+    "node.maintenance_set": st.fixed_dictionaries({"name": NAMES, "enabled": st.booleans()}, optional={"drain": st.sampled_from(["none", "live", "all", "bad"])}),
     "node.remove": st.fixed_dictionaries({"name": NAMES}),
     "user.create": st.fixed_dictionaries({"name": NAMES, "role": st.sampled_from(["admin", "user"]), "password_hash": st.just(PW_HASH)}),
     "user.delete": st.fixed_dictionaries({"name": NAMES}),
@@ -216,6 +216,10 @@ ARGS: dict[str, Any] = {
         {"id": VM_IDS, "migration": st.sampled_from(["t7", "t8", "t9"]), "node": st.sampled_from(["n1", "n2"]), "percent": st.integers(-1, 101), "message": st.just("x")}
     ),
     "vm.migration_cancel": st.fixed_dictionaries({"id": VM_IDS}, optional={"migration": st.sampled_from(["t7", "t8"]), "reason": st.just("stop")}),
+    "cluster.rebalance_set": st.fixed_dictionaries(
+        {"id": st.sampled_from(["p1", "p2"]), "moves": st.lists(st.fixed_dictionaries({"vm": VM_IDS, "from": st.sampled_from(["n1", "n2"]), "to": st.sampled_from(["n1", "n2", "n3"])}), max_size=2)},
+        optional={"auto": st.booleans(), "replace": st.booleans()},
+    ),
     "vm.leftovers_cleaned": st.fixed_dictionaries({"id": VM_IDS, "node": st.sampled_from(["n1", "n2"])}),
     "cluster.alert_set": st.fixed_dictionaries({"key": st.sampled_from(["storm", "BAD KEY"]), "message": st.sampled_from(["x", None])}),
     "cluster.settings_set": st.fixed_dictionaries(
