@@ -64,6 +64,9 @@ class ComputeSettings:
     migrate_uri: str = ""  # where qemu sends guest memory here, e.g. tcp://10.1.0.5; "" = tcp://<API host>
     migration_tunnelled: bool = False  # the memory inside libvirtd's own TLS connection
     migration_tls: bool = False  # qemu's native TLS for the memory stream
+    # the VM directory is shared storage libvirt does not recognise as such (it knows NFS,
+    # GlusterFS, Ceph, GPFS…): live-migrate anyway. Only where vm_dir really is shared.
+    migration_unsafe: bool = False
 
     def migration_addresses(self, api_addr: str) -> tuple[str | None, str | None]:
         """(libvirt URI for the other nodes, migrate URI) of this node; (None, None) when

@@ -185,6 +185,7 @@ class MigrationAgent:
                 bandwidth_mib_s=mig.get("bandwidth_mib_s"),
                 max_downtime_ms=mig.get("max_downtime_ms"),
                 copy_disks=(SWAP_TARGET,) if vm.get("swap_mb") and self.swap_is_local() else (),
+                unsafe=self.reconciler.settings.migration_unsafe,
             )
             started = {"id": vm_id, "migration": mig["id"], "node": env.node_name, "percent": 0, "message": "starting", "started": True}
             if await try_propose(env, "vm.migration_progress", started, f"VM {vm['name']}: migration start") is None:

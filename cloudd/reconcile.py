@@ -44,6 +44,7 @@ class ReconcileSettings:
     usage_interval_s: float = 30.0
     unplug_retry_s: float = 60.0
     net_prefix: str = "cd"  # device names of this node's bridges and taps (see cloudd.ops.network)
+    migration_unsafe: bool = False  # see ComputeSettings.migration_unsafe
 
 
 @dataclass

@@ -117,6 +117,9 @@ class LiveOptions:
     bandwidth_mib_s: int | None = None  # None: unlimited
     max_downtime_ms: int | None = None  # None: libvirt's default (300 ms)
     copy_disks: tuple[str, ...] = ()  # targets of node-local disks to copy along (e.g. swap on local storage)
+    # the VM directory is shared in a way libvirt cannot recognise (it knows NFS, GlusterFS,
+    # Ceph…): migrate anyway instead of refusing as "unsafe"
+    unsafe: bool = False
 
 
 @dataclass(frozen=True)

@@ -571,6 +571,8 @@ def migration_call(target: MigrationTarget, options: LiveOptions, xml: str) -> t
         flags |= libvirt.VIR_MIGRATE_TLS
     if options.bandwidth_mib_s:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mib_s)
+    if options.unsafe:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE  # the admin vouches the VM directory is shared
     if options.copy_disks:
         # qemu mirrors them over NBD into files the target made beforehand (same size)
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
