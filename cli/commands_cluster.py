@@ -64,18 +64,27 @@ def register(cli: click.Group) -> None:
     @click.option("--cpu-ratio", type=float, default=None, help="vCPUs per physical core.")
     @click.option("--ram-reserve", "ram_reserve_mb", type=int, default=None, help="MiB of each hypervisor's RAM kept for the host.")
     @click.option("--disk-reserve", "disk_reserve_gb", type=float, default=None, help="GB of each hypervisor's disk kept free.")
-    @click.option("--shared-vm-storage/--local-vm-storage", default=None, help="The VM directory is shared (e.g. NFS): HA VMs may be restarted elsewhere.")
+    @click.option("--shared-vm-storage/--local-vm-storage", default=None, help="The VM directory is shared (e.g. NFS): HA VMs may be restarted elsewhere, VMs migrate live.")
+    @click.option("--rebalance-auto/--no-rebalance-auto", default=None, help="The leader plans and applies rebalancing itself.")
+    @click.option("--rebalance-interval", "rebalance_interval_s", type=float, default=None, help="Seconds between automatic plans.")
+    @click.option("--rebalance-max-moves", type=int, default=None, help="Moves per plan at most.")
+    @click.option("--migrations-per-node", type=int, default=None, help="Migrations at once per node (as source or target).")
+    @click.option("--migrations-per-cluster", type=int, default=None, help="Migrations at once in the cluster.")
+    @click.option("--migration-bandwidth", "migration_bandwidth_mib_s", type=int, default=None, help="Live migrations: MiB/s at most (0: unlimited).")
+    @click.option("--migration-max-downtime", "migration_max_downtime_ms", type=int, default=None, help="Live migrations: the longest pause, ms.")
     @pass_ctx
-    def cluster_settings(ctx: Ctx, policy: str | None, cpu_ratio: float | None, ram_reserve_mb: int | None, disk_reserve_gb: float | None, shared_vm_storage: bool | None) -> None:
-        """Show or change the allocation settings (admin).
+    def cluster_settings(ctx: Ctx, **options: Any) -> None:
+        """Show or change the allocation and migration settings (admin).
 
         \b
         Examples:
           cloudctl cluster settings
           cloudctl cluster settings --policy trend --cpu-ratio 8
           cloudctl cluster settings --shared-vm-storage
+          cloudctl cluster settings --migrations-per-node 1 --migration-bandwidth 500
+          cloudctl cluster settings --rebalance-auto --rebalance-interval 900
         """
-        body = {k: v for k, v in (("policy", policy), ("cpu_ratio", cpu_ratio), ("ram_reserve_mb", ram_reserve_mb), ("disk_reserve_gb", disk_reserve_gb), ("shared_vm_storage", shared_vm_storage)) if v is not None}
+        body = {k: v for k, v in options.items() if v is not None}
         run(lambda: emit(ctx.client().request("PATCH" if body else "GET", "/api/v1/cluster/settings", body if body else None), ctx.output))
 
     @cluster.command("rebalance")

@@ -33,6 +33,7 @@ from cloudd.vm_layout import SWAP_TARGET
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
+ACPI_REPEAT_S = 10.0
 
 
 @dataclass
@@ -42,10 +43,12 @@ class Moving:
     migration: str
     job: asyncio.Future[Any] | None = None
     shutdown_since: float | None = None
+    pressed_at: float | None = None  # the last ACPI power button press
     abort_sent: bool = False
     copied: int = 0
     total: int = 0
     reported: tuple[int, float] = (-1, float("-inf"))  # (percent, when) of the last progress report
+    arrived_at: float | None = None  # the target first saw the live-migrated guest running here
 
 
 @dataclass
@@ -53,6 +56,9 @@ class MigrationAgent:
     reconciler: VmReconciler
     files: VmFileFetch | None = None  # None: this node cannot fetch files (no copies)
     progress_every_s: float = 2.0
+    # the target of a live migration reports it landed only when the source has not within
+    # this long (the source measured the downtime; its cloudd may be gone or restarted)
+    landed_grace_s: float = 10.0
     moving: dict[str, Moving] = field(default_factory=dict)
     threads: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="migration"))
 
@@ -138,6 +144,10 @@ class MigrationAgent:
             elif now - memory.shutdown_since >= self.reconciler.settings.shutdown_timeout_s:
                 log.info("VM %s ignored the ACPI shutdown for %.0fs: forcing it off to move it", vm["name"], now - memory.shutdown_since)
                 await call(self.driver.destroy, vm["id"])
+            elif now - (memory.pressed_at or memory.shutdown_since) >= ACPI_REPEAT_S:
+                # a guest still booting (no ACPI daemon yet) misses the first press
+                memory.pressed_at = now
+                await call(self.driver.shutdown, vm["id"])
             return
         if seen is not None:
             await call(self.driver.undefine, vm["id"])
@@ -231,8 +241,15 @@ class MigrationAgent:
         elif mig["phase"] == "migrating":
             seen = (await self.reconciler._call(self.driver.domains)).get(vm["id"])
             if seen is not None and seen.power == "running":
-                # libvirt resumes the guest here only once the source stopped it for good
-                await self._step(env, vm, mig, "landed")
+                # libvirt resumes the guest here only once the source stopped it for good.
+                # The source reports it itself, with the downtime it measured, a moment
+                # later; this node tells only when the source's cloudd does not
+                now = env.monotonic()
+                if memory.arrived_at is None:
+                    memory.arrived_at = now
+                source_status = (env.state().nodes.get(mig["source"]) or {}).get("status")
+                if source_status not in ("up", "maintenance") or now - memory.arrived_at >= self.landed_grace_s:
+                    await self._step(env, vm, mig, "landed")
 
     async def _receive(self, env: Env, vm: dict[str, Any], mig: dict[str, Any], memory: Moving) -> None:
         """Copy the VM's files from the source (in the background), then report the switch."""
@@ -258,7 +275,7 @@ class MigrationAgent:
             await self._step(env, vm, mig, "failed", reason=f"copying the disks to {mig['target']}: {exc}"[:500])
             return
         await self._make_files(env, vm)
-        log.info("VM %s: its disks are here (%.0f MiB): switching it over", vm["name"], memory.copied / MiB)
+        log.info("VM %s: its disks are here (%.1f MiB): switching it over", vm["name"], memory.copied / MiB)
         await self._step(env, vm, mig, "switched")
 
     async def _copy(self, env: Env, vm: dict[str, Any], mig: dict[str, Any], memory: Moving) -> None:

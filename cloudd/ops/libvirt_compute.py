@@ -195,7 +195,10 @@ class LibvirtCompute:
                 return fn(conn)
             except libvirt.libvirtError as exc:
                 transient = exc.get_error_code() in TRANSIENT
-                if exc.get_error_code() in CONNECTION_LOST:
+                # a system error (a missing bridge, say) comes with the same codes as a
+                # lost connection: reconnect only when it is lost (reopening an embedded
+                # libvirt that still lives fails: "Too many drivers")
+                if exc.get_error_code() in CONNECTION_LOST and not _alive(conn):
                     self._drop()
                 raise ComputeError(f"{what}: {exc.get_error_message()}", transient=transient) from None
         finally:

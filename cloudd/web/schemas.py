@@ -243,7 +243,8 @@ SCHEMAS: dict[str, Any] = {
     "ClusterSettings": obj(
         ["policy", "cpu_ratio", "ram_reserve_mb", "shared_vm_storage"],
         policy=enum("resource", "usage", "trend"), cpu_ratio=NUM, ram_reserve_mb=INT, disk_reserve_gb=NUM, trend_horizon_s=NUM,
-        rebalance_auto=BOOL, rebalance_max_moves=INT, shared_vm_storage=BOOL,
+        rebalance_auto=BOOL, rebalance_max_moves=INT, shared_vm_storage=BOOL, rebalance_interval_s=NUM,
+        migrations_per_node=INT, migrations_per_cluster=INT, migration_bandwidth_mib_s=INT, migration_max_downtime_ms=INT,
     ),
     "Capacity": obj(
         ["policy", "n_plus_one", "nodes"],
