@@ -200,23 +200,20 @@ class Snapshot:
     def reserve(self, d: Demand, node: str) -> None:
         """Hold ``d``'s room on ``node`` without placing it there (a migration's target):
         it counts for capacity and anti-affinity, and no planner moves it."""
-        load = self.nodes[node]
-        load.alloc_vcpus += d.vcpus
-        load.alloc_ram_mb += d.ram_mb
-        load.alloc_disk_gb += d.disk_gb
-        if d.group:
-            load.groups[d.group] += 1
-        load.reserved[d.vm_id] = d
+        self._take(d, node).reserved[d.vm_id] = d
 
     def add(self, d: Demand, node: str) -> None:
+        self._take(d, node).vms[d.vm_id] = d
+        self.where[d.vm_id] = node
+
+    def _take(self, d: Demand, node: str) -> NodeLoad:
         load = self.nodes[node]
         load.alloc_vcpus += d.vcpus
         load.alloc_ram_mb += d.ram_mb
         load.alloc_disk_gb += d.disk_gb
         if d.group:
             load.groups[d.group] += 1
-        load.vms[d.vm_id] = d
-        self.where[d.vm_id] = node
+        return load
 
     def remove(self, vm_id: str) -> Demand | None:
         node = self.where.pop(vm_id, None)
