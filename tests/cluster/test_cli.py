@@ -159,6 +159,18 @@ def test_vm_create_wait_follows_the_task_to_its_end(ctl, shared_cluster: LocalCl
     assert [t["op"] for t in tasks][:3] == ["vm.resize", "vm.shutdown", "vm.create"]
     assert all(t["state"] == "succeeded" for t in tasks[:3])
     assert ctl("task", "show", tasks[0]["id"]).exit_code == 0
+    # a stopped VM moves offline without --force; to its own node it cannot
+    node = json.loads(ctl("-o", "json", "vm", "show", "waiter").output)["node"]
+    result = ctl("vm", "migrate", "waiter", "--to", node, "--offline")
+    assert result.exit_code == 1 and "pick another node" in result.output
+    result = ctl("vm", "migrate", "waiter", "--to", "nowhere")
+    assert result.exit_code == 1 and "nowhere" in result.output
+    result = ctl("vm", "migrate", "waiter", "--offline", "--wait", "--timeout", "60")
+    assert result.exit_code == 0 and "vm.migrate waiter: succeeded (stopped on" in result.output, result.output
+    moved = json.loads(ctl("-o", "json", "vm", "show", "waiter").output)
+    assert moved["node"] != node and moved["state"] == "stopped" and moved["migrated"]["from"] == node
+    result = ctl("vm", "migrate-cancel", "waiter")
+    assert result.exit_code == 1 and "not migrating" in result.output
     result = ctl("vm", "delete", "waiter", "--yes", "--wait", "--timeout", "60")
     assert result.exit_code == 0 and "vm.delete waiter: succeeded (deleted)" in result.output
 

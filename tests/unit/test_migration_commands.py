@@ -200,3 +200,21 @@ def test_a_live_migration_whose_source_is_lost_is_recovered_only_on_its_target()
     replica.ok("vm.failover", {"id": "v1", "from_node": "n1", "node": "n2", "observed_seq": seq})
     assert vm["node"] == "n2" and "migration" not in vm
     assert task_of(replica, "v1")["state"] == "failed"
+
+
+def test_a_volume_is_exported_to_both_nodes_only_while_its_vm_migrates_live() -> None:
+    from cloudd.commands.volumes import export_initiators
+    from cloudd.ops.storage import node_initiator
+
+    replica = cluster()
+    vm = running_vm(replica)
+    volume = {"id": "vo1", "attached_to": "v1"}
+    assert export_initiators(replica.state, volume) == [node_initiator("n1")]
+    replica.ok("vm.migrate", {"id": "v1", "node": "n2", "mode": "live"})
+    assert export_initiators(replica.state, volume) == [node_initiator("n1"), node_initiator("n2")]
+    step(replica, vm, "n2", "migrating")
+    step(replica, vm, "n1", "landed")
+    assert export_initiators(replica.state, volume) == [node_initiator("n2")]  # the source is fenced off
+    replica.ok("vm.migrate", {"id": "v1", "node": "n3", "mode": "live"})
+    replica.ok("vm.migration_cancel", {"id": "v1"})
+    assert export_initiators(replica.state, volume) == [node_initiator("n2")]
