@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from cloudd import __version__
 from cloudd.env import Env
@@ -71,24 +71,27 @@ class Agent:
         self.registered = False
         self.lease: LeaseClock | None = None  # noted at every committed renewal (self-fencing)
         self.on_renewed: Callable[[], None] | None = None  # e.g. feeding the fence guard
-        # a hypervisor's CPU models and migration addresses, read when it registers
-        self.compute: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        # a hypervisor's CPU models and migration addresses as known now (the CPU models
+        # take seconds to learn on a fresh host: registered again once they change)
+        self.compute: Callable[[], dict[str, Any]] | None = None
+        self.registered_compute: dict[str, Any] | None = None
 
     async def step(self, env: Env) -> None:
         try:
-            if not self.registered:
+            compute = self.compute() if self.compute is not None else None
+            if not self.registered or compute != self.registered_compute:
                 args: dict[str, Any] = {"name": env.node_name, "roles": self.roles, "inventory": host_inventory(self.data_dir), "version": __version__}
                 if self.storage is not None:
                     args["storage"] = self.storage
                 if self.network is not None:
                     args["network"] = self.network
-                if self.compute is not None:
-                    args["compute"] = await self.compute()
+                if compute is not None:
+                    args["compute"] = compute
                 outcome = await env.propose("node.register", args)
                 if "error" in outcome:
                     log.error("registration refused: %s", outcome["error"]["message"])
                     return
-                self.registered = True
+                self.registered, self.registered_compute = True, compute
                 log.info("registered with roles %s", ",".join(self.roles))
             sent = env.monotonic()
             outcome = await env.propose("node.heartbeat", {"name": env.node_name, "usage": host_usage(self.data_dir)})

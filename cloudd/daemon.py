@@ -156,23 +156,36 @@ SELF_FENCE_CHECK_S = 0.25
 CPU_MODELS_TIMEOUT_S = 20.0  # the first look probes qemu (seconds on a fresh host)
 
 
-async def compute_facts(config: NodeConfig, reconciler: VmReconciler) -> dict[str, Any]:
-    """What a hypervisor registers for CPU compatibility and live migration."""
-    driver = reconciler.driver
-    try:
-        models = await asyncio.wait_for(asyncio.to_thread(driver.cpu_models), CPU_MODELS_TIMEOUT_S)
-    except (asyncio.TimeoutError, ComputeError) as exc:
-        log.warning("cannot read the CPU models libvirt offers (VMs here get its default CPU): %s", exc or "timed out")
-        models = []
-    uri, migrate_uri = config.compute.migration_addresses(config.api_addr)
-    return {
-        "cpu_models": sorted(models)[:256],
-        "live_migration": bool(driver.live_migration and uri),
-        "migration_uri": uri,
-        "migrate_uri": migrate_uri,
-        "tunnelled": config.compute.migration_tunnelled,
-        "tls": config.compute.migration_tls,
-    }
+class ComputeFacts:
+    """What a hypervisor registers for CPU compatibility and live migration. The CPU models
+    are read in the background (the first look probes qemu: seconds on a fresh host), so
+    the node registers at once and again when they are known."""
+
+    def __init__(self, config: NodeConfig, reconciler: VmReconciler) -> None:
+        self.config, self.driver = config, reconciler.driver
+        self.models: list[str] = []
+        self.looking: asyncio.Task[None] | None = None
+
+    def now(self) -> dict[str, Any]:
+        if self.looking is None:
+            self.looking = asyncio.ensure_future(self._look())
+        uri, migrate_uri = self.config.compute.migration_addresses(self.config.api_addr)
+        return {
+            "cpu_models": self.models,
+            "live_migration": bool(self.driver.live_migration and uri),
+            "migration_uri": uri,
+            "migrate_uri": migrate_uri,
+            "tunnelled": self.config.compute.migration_tunnelled,
+            "tls": self.config.compute.migration_tls,
+        }
+
+    async def _look(self) -> None:
+        try:
+            models = await asyncio.wait_for(asyncio.to_thread(self.driver.cpu_models), CPU_MODELS_TIMEOUT_S)
+        except (asyncio.TimeoutError, ComputeError) as exc:
+            log.warning("cannot read the CPU models libvirt offers (VMs here get its default CPU): %s", exc or "timed out")
+            return
+        self.models = sorted(models)[:256]
 
 
 def make_network_drivers(config: NodeConfig) -> NetworkDrivers:
@@ -277,7 +290,8 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     if reconciler is not None:
         reconciler.lease, reconciler.fence_after = agent.lease, config.timings.fence_after
         migrations = MigrationAgent(reconciler, VmFileFetch(config.name, secret, runtime.api_addr_of))
-        agent.compute = lambda: compute_facts(config, reconciler)
+        facts = ComputeFacts(config, reconciler)
+        agent.compute = facts.now
     storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
     manager_wake, reconcile_wake, storage_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake, storage_wake])

@@ -134,8 +134,8 @@ class Host:
         self.powered, self.boot_at = True, now
         self.guard = GuardState(timings.fence_after) if self.spec.guard and "hypervisor" in self.spec.roles else None  # as cloudd.daemon
 
-    async def compute_facts(self) -> dict[str, Any]:
-        """As ``cloudd.daemon.compute_facts``: the hosts migrate live to each other."""
+    def compute_facts(self) -> dict[str, Any]:
+        """As ``cloudd.daemon.ComputeFacts``: the hosts migrate live to each other."""
         return compute_facts(self.name)
 
     def power_loss(self) -> None:
