@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from cloudd.alloc.placement import place
 from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
-from cloudd.model.migration import counts
+from cloudd.model.migration import counts, live_refusal
 
 DRAIN_MODES = ("none", "live", "all")
 
@@ -43,8 +43,8 @@ def live_possible(vm: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any]],
     """Whether the VM could move live now (to ``target``, or to some capable node)."""
     if vm["state"] != "running" or not shared:
         return False
-    capable = [n for n in ((vm.get("node"),) + ((target,) if target else ())) if n]
-    return all(((nodes.get(n) or {}).get("compute") or {}).get("live_migration") for n in capable)
+    involved = [n for n in ((vm.get("node"),) + ((target,) if target else ())) if n]
+    return all(n in nodes and live_refusal(nodes[n]) is None for n in involved)
 
 
 def movable_without_downtime(vm: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any]], shared: bool) -> bool:

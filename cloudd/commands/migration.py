@@ -19,7 +19,7 @@ from cloudd.commands.common import NODE_NAME, OBJECT_ID, get_node
 from cloudd.commands.compute import get_vm, refusal
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
-from cloudd.model.migration import MODES, add_leftover, counts, migration_of
+from cloudd.model.migration import MODES, add_leftover, counts, live_refusal, migration_of
 from cloudd.model.state import State
 from cloudd.model.tasks import finish_task, follow_vm, open_task, task_id
 from cloudd.model.vm import move
@@ -27,15 +27,6 @@ from cloudd.validate import Field
 
 MIGRATION_ID = Field("str", pattern=OBJECT_ID.pattern)
 REASON = Field("str", max_len=500, required=False)
-
-
-def _live_capable(node: dict[str, Any]) -> str | None:
-    compute = node.get("compute") or {}
-    if not compute.get("live_migration"):
-        return f"node {node['name']}'s hypervisor cannot live-migrate"
-    if not compute.get("migration_uri"):
-        return f"node {node['name']} has not said how other nodes reach its libvirt (migration_uri)"
-    return None
 
 
 def check_migration(state: State, vm: dict[str, Any], target_name: str, mode: str, force: bool) -> dict[str, Any]:
@@ -66,7 +57,7 @@ def check_migration(state: State, vm: dict[str, Any], target_name: str, mode: st
                 f"VM {vm['name']}'s disks are on {vm['node']}'s own storage: migrate it offline (its disks are copied), "
                 "or share the VM directory (shared_vm_storage)",
             )
-        why = _live_capable(source) or _live_capable(target)
+        why = live_refusal(source) or live_refusal(target)
         if why:
             raise CloudError("conflict", f"{why}: migrate VM {vm['name']} offline")
     elif vm["state"] == "running" and not force:

@@ -37,7 +37,7 @@ domain, a partial or old copy of its node-local files) and then say so.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 MODES = ("offline", "live")
 PHASES = {"offline": ("stopping", "copying"), "live": ("preparing", "migrating")}
@@ -96,3 +96,14 @@ def counts(vms: Any) -> tuple[int, dict[str, int]]:
         for node in (mig["source"], mig["target"]):
             per_node[node] = per_node.get(node, 0) + 1
     return total, per_node
+
+
+def live_refusal(node: Mapping[str, Any]) -> str | None:
+    """Why ``node`` cannot take part in a live migration (None: it can): its hypervisor
+    must migrate live and the other nodes' libvirt must know how to reach it."""
+    compute = node.get("compute") or {}
+    if not compute.get("live_migration"):
+        return f"node {node['name']}'s hypervisor cannot live-migrate"
+    if not compute.get("migration_uri"):
+        return f"node {node['name']} has not said how other nodes reach its libvirt (migration_uri)"
+    return None

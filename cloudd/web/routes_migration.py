@@ -19,9 +19,8 @@ from starlette.routing import BaseRoute, Route
 from cloudd.alloc.placement import place
 from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
 from cloudd.commands.alloc import shared_vm_storage
-from cloudd.commands.migration import _live_capable
 from cloudd.errors import CloudError
-from cloudd.model.migration import MODES
+from cloudd.model.migration import MODES, live_refusal
 from cloudd.model.state import State
 from cloudd.ops.vm_files import movable_files
 from cloudd.validate import Field
@@ -55,7 +54,7 @@ def default_mode(state: State, vm: dict[str, Any], target: str) -> str:
     if (
         vm["state"] == "running" and shared_vm_storage(state)
         and vm["node"] in nodes and target in nodes
-        and not (_live_capable(nodes[vm["node"]]) or _live_capable(nodes[target]))
+        and not (live_refusal(nodes[vm["node"]]) or live_refusal(nodes[target]))
     ):
         return "live"
     return "offline"

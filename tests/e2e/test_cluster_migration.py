@@ -59,8 +59,9 @@ import pytest
 
 from cloudd.ops.compute import ComputeError
 from cloudd.ops.libvirt_compute import LibvirtCompute
-from tests.cluster.harness import CLOUDD, FAST_TIMINGS, LocalCluster, Node, wait_for
+from tests.cluster.harness import FAST_TIMINGS, LocalCluster, Node, wait_for
 from tests.e2e.libvirtd import PrivateLibvirtd, libvirtd_missing
+from tests.e2e.test_failover_guests import fence_records, start_guard, stop_guard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -129,33 +130,6 @@ def qemu_img_info(path: Path) -> dict[str, Any]:
 
 def tail(node: Node, chars: int = 4000) -> str:
     return f"----- {node.name} -----\n{node.log_text()[-chars:]}"
-
-
-def start_guard(node: Node) -> subprocess.Popen[bytes]:
-    """The node's fence guard (``cloudd fence-guard``), armed by its cloudd's feeds."""
-    with (node.data_dir / "guard.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [CLOUDD, "fence-guard", "--data-dir", str(node.data_dir)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    wait_for(lambda: (node.data_dir / "fence.sock").exists() or proc.poll() is not None, 20, what=f"{node.name}'s fence guard")
-    assert proc.poll() is None, text(node.data_dir / "guard.log")
-    return proc
-
-
-def stop_guard(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def fence_records(node: Node) -> list[dict[str, Any]]:
-    path = node.data_dir / "fence.log"
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
 # --- offline: two nodes, embedded libvirts, node-local VM directories -------------------------
