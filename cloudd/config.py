@@ -32,6 +32,9 @@ class Timings:
     fence_after: float = 10.0
     failover_margin: float = 5.0
     storm_share: float = 0.5  # more than this share of hypervisors lost at once: no failover, an alert
+    # "at once": losses whose down verdicts are at most this far apart (replicated
+    # timestamps); a node lost and handled long before the next loss does not count
+    storm_window: float = 15.0
 
 
 @dataclass

@@ -10,7 +10,9 @@ with no room waits in ``error`` with the reason and is tried again on the next p
 
 The fencing-storm guard: when more than ``storm_share`` of the hypervisors are lost at
 once, the cause is more likely the leader's own side of a partition or a site-wide fault
-than many dead hosts: nothing is re-homed and an alert says why.
+than many dead hosts: nothing is re-homed and an alert says why. "At once" means the down
+verdicts (their replicated ``status_since``) lie within ``storm_window`` of the newest
+one: a node lost long before, whose VMs were re-homed then, is not part of a new event.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def lost_nodes(nodes: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float]
     }
 
 
+def lost_together(nodes: Mapping[str, Mapping[str, Any]], lost: Mapping[str, int], window: float) -> list[str]:
+    """The lost nodes whose down verdicts lie within ``window`` seconds of the newest one
+    (a record without ``status_since`` counts as new: the guard errs on the safe side)."""
+    since = {name: nodes[name].get("status_since") for name in lost}
+    newest = max((float(ts) for ts in since.values() if ts is not None), default=0.0)
+    return sorted(name for name, ts in since.items() if ts is None or newest - float(ts) <= window)
+
+
 def plan_failover(
     nodes: Mapping[str, Mapping[str, Any]],
     vms: Mapping[str, Mapping[str, Any]],
@@ -57,9 +67,10 @@ def plan_failover(
     if not plan.lost:
         return plan
     hypervisors = sum(1 for n in nodes.values() if "hypervisor" in n.get("roles", []))
-    if hypervisors > 1 and len(plan.lost) > timings.storm_share * hypervisors:
+    together = lost_together(nodes, plan.lost, timings.storm_window)
+    if hypervisors > 1 and len(together) > timings.storm_share * hypervisors:
         plan.storm = (
-            f"{len(plan.lost)} of {hypervisors} hypervisors lost at once ({', '.join(plan.lost)}): more than "
+            f"{len(together)} of {hypervisors} hypervisors lost at once ({', '.join(together)}): more than "
             f"{timings.storm_share:.0%}, so no VM is restarted elsewhere; check the network and power, then bring "
             "the nodes back or remove them"
         )

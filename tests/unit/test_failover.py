@@ -181,3 +181,15 @@ def test_a_returning_node_removes_its_stale_copies_instead_of_starting_them() ->
     n2_env.clock = 9.0
     run(agent.step(n2_env))
     assert set(compute.defined) == {"plain"}  # the re-homed ones are gone from n2, not restarted
+
+
+def test_only_losses_within_the_storm_window_count_together() -> None:
+    from cloudd.failover import lost_together
+
+    nodes = {"a": {"status_since": 100.0}, "b": {"status_since": 110.0}, "c": {"status_since": 300.0}, "d": {}}
+    lost = {"a": 1, "b": 1, "c": 1}
+    assert lost_together(nodes, lost, 15.0) == ["c"]  # a and b were lost long before c
+    assert lost_together(nodes, {"a": 1, "b": 1}, 15.0) == ["a", "b"]
+    assert lost_together(nodes, {"a": 1, "b": 1}, 5.0) == ["b"]
+    assert lost_together(nodes, lost, 200.0) == ["a", "b", "c"]
+    assert lost_together(nodes, {"a": 1, "d": 1}, 15.0) == ["a", "d"]  # no timestamp: counted, the safe side
