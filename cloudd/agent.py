@@ -63,9 +63,21 @@ def host_usage(data_dir: str) -> dict[str, Any]:
 
 
 class Agent:
-    def __init__(self, data_dir: str, roles: list[str], storage: dict[str, str] | None = None, network: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        roles: list[str],
+        storage: dict[str, str] | None = None,
+        network: dict[str, str] | None = None,
+        inventory: Callable[[], dict[str, Any]] | None = None,
+        usage: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """``inventory`` and ``usage`` read this host's offer and use (default: /proc and
+        the data dir's disk; the simulator passes each node's from its cluster.json)."""
         self.data_dir = data_dir
         self.roles = roles
+        self.inventory = inventory or (lambda: host_inventory(data_dir))
+        self.usage = usage or (lambda: host_usage(data_dir))
         self.storage = storage  # {"export", "portal"} of a storage node
         self.network = network  # {"underlay"} of a hypervisor with VM networks
         self.registered = False
@@ -80,7 +92,7 @@ class Agent:
         try:
             compute = self.compute() if self.compute is not None else None
             if not self.registered or compute != self.registered_compute:
-                args: dict[str, Any] = {"name": env.node_name, "roles": self.roles, "inventory": host_inventory(self.data_dir), "version": __version__}
+                args: dict[str, Any] = {"name": env.node_name, "roles": self.roles, "inventory": self.inventory(), "version": __version__}
                 if self.storage is not None:
                     args["storage"] = self.storage
                 if self.network is not None:
@@ -94,7 +106,7 @@ class Agent:
                 self.registered, self.registered_compute = True, compute
                 log.info("registered with roles %s", ",".join(self.roles))
             sent = env.monotonic()
-            outcome = await env.propose("node.heartbeat", {"name": env.node_name, "usage": host_usage(self.data_dir)})
+            outcome = await env.propose("node.heartbeat", {"name": env.node_name, "usage": self.usage()})
             if "error" in outcome:
                 log.warning("lease renewal refused: %s", outcome["error"]["message"])
                 return

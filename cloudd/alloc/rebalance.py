@@ -11,7 +11,9 @@ anti-affinity) and keeps the move that lowers the score most, until no move help
 least ``min_gain`` or ``max_moves`` are planned. Sums and sums of squares are kept per
 metric, so trying a move costs O(1) whatever the cluster's size; only the ``breadth``
 fullest and emptiest nodes by each metric are searched each round; once the score is below
-0.1 a move must gain at least 0.003 (like hbal's rule: no churn for crumbs). When the cluster met N+1 before, a
+0.1 a move must gain at least 0.003 (like hbal's rule: no churn for crumbs). Then the moves
+that later moves made nearly pointless (undoing them costs less than a move must gain) are
+dropped, cheapest first. When the cluster met N+1 before, a
 plan that would break it is cut back until it holds again.
 """
 
@@ -109,7 +111,7 @@ def plan_rebalance(
     max_moves: int = 10,
     movable: Callable[[Demand], bool] = lambda d: True,
     min_gain: float = 1e-3,
-    breadth: int = 8,
+    breadth: int = 40,
     keep_n_plus_one: bool = True,
 ) -> Plan:
     """A plan of at most ``max_moves`` moves (``snap`` is not changed)."""
@@ -137,7 +139,7 @@ def plan_rebalance(
         sources, targets = sorted(sources_set), sorted(targets_set)
         current = spread.score()
         # like hbal: once the cluster is fairly even, only moves that clearly help
-        needed = max(min_gain, 0.003) if current < 0.1 else min_gain
+        needed = _needed(current, min_gain)
         best: tuple[float, str, str, str] | None = None  # (new score, vm, source, target)
         for source in sources:
             for vm_id, d in usable[source].vms.items():
@@ -159,6 +161,7 @@ def plan_rebalance(
         spread.apply({source: node_metrics(usable[source], policy), target: node_metrics(usable[target], policy)})
         plan.moves.append(Move(vm_id, source, target, round(current - score, 6)))
         moved.add(vm_id)
+    plan.moves = _prune(plan.moves, work, usable, spread, policy, min_gain)
     plan.score_after = spread.score()
     plan.spread_after = spread.spreads()
     if keep_n_plus_one and n1_before and plan.moves:
@@ -167,6 +170,40 @@ def plan_rebalance(
         plan.score_after = Spread({n: node_metrics(l, policy) for n, l in _after(snap, plan.moves).nodes.items() if l.usable is None}).score()
     plan.n_plus_one_after = not any(n_plus_one(_after(snap, plan.moves)).values()) if keep_n_plus_one else True
     return plan
+
+
+def _needed(score: float, min_gain: float) -> float:
+    """The least gain a move must bring: like hbal, more once the cluster is fairly even."""
+    return max(min_gain, 0.003) if score < 0.1 else min_gain
+
+
+def _prune(moves: list[Move], work: Snapshot, usable: dict[str, NodeLoad], spread: Spread, policy: str, min_gain: float) -> list[Move]:
+    """Drop the moves that are no longer worth making in the end state: greedy steps that
+    helped when taken but that later moves made nearly pointless. The move whose undoing
+    costs least goes first, as long as undoing it raises the final score by less than a
+    move must gain; ``work`` and ``spread`` follow (they describe the kept plan)."""
+    kept = list(moves)
+    while kept:
+        base = spread.score()
+        cheapest: tuple[float, int] | None = None
+        for i, m in enumerate(kept):
+            d = usable[m.target].vms[m.vm_id]
+            if usable[m.source].refusal(d) is not None:
+                continue
+            cost = spread.score_if({
+                m.source: node_metrics(usable[m.source], policy, (d.vcpus, d.ram_mb, d.disk_gb)),
+                m.target: node_metrics(usable[m.target], policy, (-d.vcpus, -d.ram_mb, -d.disk_gb)),
+            }) - base
+            if cheapest is None or cost < cheapest[0]:
+                cheapest = (cost, i)
+        if cheapest is None or cheapest[0] >= _needed(base, min_gain):
+            break
+        m = kept.pop(cheapest[1])
+        d = work.remove(m.vm_id)
+        assert d is not None
+        work.add(d, m.source)
+        spread.apply({m.source: node_metrics(usable[m.source], policy), m.target: node_metrics(usable[m.target], policy)})
+    return kept
 
 
 def _after(snap: Snapshot, moves: list[Move]) -> Snapshot:

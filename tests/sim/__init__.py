@@ -15,9 +15,9 @@ Simplifications (what the simulator does not model):
 - nodes on the majority side read the shared state as it is now (no apply lag); a node
   off it reads a frozen copy taken when it left (its replica stops applying);
 - partitions are symmetric groups (no one-way links, loss or latency);
-- no volumes, storage or network agents, no migration; the agent's host inventory and
-  usage come from cluster.json (``cloudd.agent.host_inventory``/``host_usage`` are
-  patched for the run), hypervisor calls never hang;
+- no volumes, storage or network agents; the agent's host inventory comes from
+  cluster.json and its usage is idle (the ``Agent`` is handed both), hypervisor calls
+  never hang;
 - loops run exactly at their intervals from cloudd's start, in node-name order within a
   tick (agent, reconciler, manager); the fence guard is ``cloudd.fence_guard.GuardState``
   checked once per tick.

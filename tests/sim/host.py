@@ -25,6 +25,12 @@ from cloudd.reconcile import LeaseClock, ReconcileSettings, VmReconciler
 from tests.sim.spec import NodeSpec
 
 ACTIVE = ("running", "paused")
+IDLE_USAGE = {"ram_used_mb": 0, "disk_used_gb": 0.0, "load1": 0.0}  # the hosts report no use
+
+
+def node_inventory(spec: NodeSpec) -> dict[str, Any]:
+    """What a simulated node's agent registers: the hardware cluster.json gives it."""
+    return {"cpus": spec.cpus, "ram_mb": spec.ram_mb, "disk_gb": spec.disk_gb, "facts": {"hostname": spec.name}}
 
 
 class InlineExecutor(concurrent.futures.Executor):
@@ -145,7 +151,7 @@ class Host:
             self.compute.kill(vm_id)
 
     def start_cloudd(self, now: float, timings: Timings, on_renewed: Callable[[], None]) -> Cloudd:
-        agent = Agent(f"sim:{self.name}", list(self.spec.roles))
+        agent = Agent(f"sim:{self.name}", list(self.spec.roles), inventory=lambda: node_inventory(self.spec), usage=lambda: dict(IDLE_USAGE))
         agent.lease = LeaseClock(started_at=self.monotonic(now))  # as LeaseClock() at start: never renewed yet
         agent.on_renewed = on_renewed
         reconciler = None

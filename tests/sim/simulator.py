@@ -16,13 +16,11 @@ at once and writes an ``INVARIANT`` line when one is.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import cloudd.agent
 from cloudd.commands import make_command
@@ -30,7 +28,7 @@ from cloudd.errors import CloudError
 from cloudd.failover import STORM_ALERT
 from tests.factories import PW_HASH, Replica
 from tests.sim.env import WALL_BASE, SimEnv
-from tests.sim.host import ACTIVE, Cloudd, Host, SimCompute, compute_facts
+from tests.sim.host import ACTIVE, Cloudd, Host, SimCompute, compute_facts, node_inventory
 from tests.sim.raft import RaftModel
 from tests.sim.spec import Action, ClusterSpec, VmSpec
 
@@ -120,7 +118,7 @@ class Simulator:
         self._apply("cluster.settings_set", {"shared_vm_storage": True, **spec.settings})
         for node in spec.nodes:
             self._apply("node.register", {
-                "name": node.name, "roles": list(node.roles), "inventory": self._inventory(f"sim:{node.name}"),
+                "name": node.name, "roles": list(node.roles), "inventory": node_inventory(node),
                 **({"compute": compute_facts(node.name)} if "hypervisor" in node.roles else {}),
             })
             seq = self._apply("node.heartbeat", {"name": node.name})["lease_seq"]
@@ -140,18 +138,6 @@ class Simulator:
         if "error" in outcome:
             raise ValueError(f"cluster.json: {op} {args}: {outcome['error']['message']}")
         return outcome["result"]
-
-    def _inventory(self, data_dir: str) -> dict[str, Any]:
-        node = self.spec.node(data_dir.removeprefix("sim:"))
-        return {"cpus": node.cpus, "ram_mb": node.ram_mb, "disk_gb": node.disk_gb, "facts": {"hostname": node.name}}
-
-    @contextlib.contextmanager
-    def _host_facts(self) -> Iterator[None]:
-        """The agent reads /proc and the disk for its inventory and usage; here it gets
-        the node's from cluster.json (and no usage), so runs do not depend on this machine."""
-        usage = {"ram_used_mb": 0, "disk_used_gb": 0.0, "load1": 0.0}
-        with mock.patch.object(cloudd.agent, "host_inventory", self._inventory), mock.patch.object(cloudd.agent, "host_usage", lambda _d: dict(usage)):
-            yield
 
     def _start_cloudd(self, host: Host) -> None:
         def feed_guard() -> None:
@@ -185,18 +171,17 @@ class Simulator:
         their times; returns the whole log so far."""
         until = self.spec.sim.until if until is None else until
         pending = list(actions)
-        with self._host_facts():
-            if not self.warmed:
-                self._warm_up()
-            while self.now <= until + 1e-9 and not self.ended:
-                while pending and pending[0][0] <= self.now + 1e-9 and not self.ended:
-                    _, name, args = pending.pop(0)
-                    self.act(name, *args)
-                if self.ended:
-                    break
-                self.raft.update(self.now)
-                self._run_due()
-                self.tick_no += 1
+        if not self.warmed:
+            self._warm_up()
+        while self.now <= until + 1e-9 and not self.ended:
+            while pending and pending[0][0] <= self.now + 1e-9 and not self.ended:
+                _, name, args = pending.pop(0)
+                self.act(name, *args)
+            if self.ended:
+                break
+            self.raft.update(self.now)
+            self._run_due()
+            self.tick_no += 1
         return self.log_text()
 
     def _run_due(self) -> None:

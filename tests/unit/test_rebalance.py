@@ -75,3 +75,33 @@ def test_the_trend_policy_avoids_a_node_that_is_filling_up() -> None:
     nodes["rising"]["usage"]["ram_used_mb"] = 4000  # uses less now, but not for long
     assert place(Snapshot.build(nodes, [], AllocSettings(policy="usage")), d).node == "rising"
     assert place(Snapshot.build(nodes, [], AllocSettings(policy="trend")), d).node == "flat"
+
+
+def test_every_move_of_a_plan_is_still_worth_making_at_its_end() -> None:
+    """The planner drops greedy steps that later steps made pointless: undoing any kept
+    move raises the final score by at least what a move must gain."""
+    import random
+
+    from cloudd.alloc.rebalance import Spread, node_metrics
+
+    rng = random.Random(7)
+    for _ in range(20):
+        nodes = {f"n{i}": node(f"n{i}", cpus=rng.choice((8, 16)), ram_mb=rng.choice((32768, 65536))) for i in range(6)}
+        crowded = [f"n{i}" for i in range(2)]
+        vms = [vm(f"v{i}", rng.choice(crowded), ram_mb=rng.choice((1024, 2048, 4096, 8192)), vcpus=rng.choice((1, 2, 4))) for i in range(30)]
+        snap = Snapshot.build(nodes, vms)
+        plan = plan_rebalance(snap, max_moves=40, keep_n_plus_one=False)
+        end = snap.copy()
+        for m in plan.moves:
+            end.add(end.remove(m.vm_id), m.target)  # type: ignore[arg-type]
+        spread = Spread({n: node_metrics(load, "resource") for n, load in end.nodes.items()})
+        base = spread.score()
+        assert abs(base - plan.score_after) < 1e-9
+        needed = max(1e-3, 0.003) if base < 0.1 else 1e-3
+        for m in plan.moves:
+            d = end.nodes[m.target].vms[m.vm_id]
+            undone = spread.score_if({
+                m.source: node_metrics(end.nodes[m.source], "resource", (d.vcpus, d.ram_mb, d.disk_gb)),
+                m.target: node_metrics(end.nodes[m.target], "resource", (-d.vcpus, -d.ram_mb, -d.disk_gb)),
+            })
+            assert undone - base >= needed - 1e-9 or end.nodes[m.source].refusal(d) is not None
