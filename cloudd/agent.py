@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cloudd import __version__
+from cloudd.commands.registry import COMMAND_VERSION
 from cloudd.env import Env
 from cloudd.errors import CloudError
 from cloudd.reconcile import LeaseClock
@@ -47,6 +48,8 @@ def host_inventory(data_dir: str) -> dict[str, Any]:
             "arch": platform.machine()[:32],
             "kvm": os.path.exists("/dev/kvm"),
             "python": platform.python_version(),
+            # the newest command table this cloudd knows (cloudd.commands.versions)
+            "command_version": COMMAND_VERSION,
         },
     }
 

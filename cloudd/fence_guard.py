@@ -23,13 +23,15 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import orjson
+
+from cloudd.systemd import notify as sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -311,23 +313,6 @@ class PidFileKiller:
 
 
 # --- the process ---------------------------------------------------------------------
-
-
-def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
-    """systemd's notify protocol (``READY=1``) when ``$NOTIFY_SOCKET`` is set."""
-    address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-        return True
-    except OSError as exc:
-        log.warning("sd_notify to %s failed: %s", address, exc)
-        return False
 
 
 def bind_socket(path: Path) -> socket.socket:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import socket
@@ -23,14 +22,10 @@ from cloudd.security import generate_password, hash_password, join_proof, open_f
 DEFAULT_DATA_DIR = "/var/lib/cloudd"
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _setup_logging(fmt: str, level: str) -> None:
+    from cloudd.logging_setup import setup
+
+    setup(fmt, level, stream=sys.stderr)
 
 
 def _fail(message: str) -> None:
@@ -45,7 +40,10 @@ data_dir_option = click.option(
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def cli(verbose: bool) -> None:
+@click.option("--config", "config_file", default=None, envvar="CLOUDD_CONFIG", help="The process settings file [default: /etc/cloudd/cloudd.toml, if it exists].")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, envvar="CLOUDD_LOG_FORMAT", help="text, or json: one JSON object per line [default: from the config file, else text].")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, config_file: str | None, log_format: str | None) -> None:
     """cloudd: the node daemon and its node-admin commands.
 
     \b
@@ -54,7 +52,17 @@ def cli(verbose: bool) -> None:
     Another node:  cloudd join 10.0.0.1:8400 --token cdj.… --name node2 --api-addr … --raft-addr …
                    cloudd serve
     """
-    _setup_logging(verbose)
+    from cloudd.process_config import load
+
+    try:
+        settings = load(config_file, required=config_file is not None)
+    except ValueError as exc:
+        _setup_logging("text", "info")
+        _fail(f"config: {exc}")
+    ctx.obj = settings
+    if settings.data_dir:  # below an option and CLOUDD_DATA_DIR, above the built-in default
+        ctx.default_map = {name: {"data_dir": settings.data_dir} for name in cli.commands}
+    _setup_logging(log_format or settings.log_format, "debug" if verbose else settings.log_level)
 
 
 def compute_settings(uri: str, domain_type: str | None, data_dir: Path, vnc_ports: str) -> ComputeSettings:
@@ -394,11 +402,42 @@ def join(
 
 @cli.command()
 @data_dir_option
-def serve(data_dir: str) -> None:
-    """Run this node: Raft, the API, the agent and (when leading) the manager."""
-    from cloudd.daemon import serve as run
+@click.pass_obj
+def serve(settings: Any, data_dir: str) -> None:
+    """Run this node: Raft, the API, the agent and (when leading) the manager.
 
-    run(data_dir)
+    Under systemd (Type=notify) it reports READY=1 once the API serves and feeds the
+    watchdog from the agent loop."""
+    from cloudd.daemon import serve as run
+    from cloudd.process_config import read_token
+
+    try:
+        token = read_token(settings.metrics_token_file) if settings is not None else None
+    except (OSError, ValueError) as exc:
+        _fail(f"metrics token: {exc}")
+    run(data_dir, metrics_token=token)
+
+
+@cli.command("install-units")
+@click.option("--root", default="/", show_default=True, help="Write under this directory instead of / (an image being built, a test).")
+@click.option("--prefix", default=None, help="Where cloudd is installed (its .venv/bin/cloudd runs) [default: this cloudd's own].")
+@click.option("--data-dir", "unit_data_dir", default=DEFAULT_DATA_DIR, show_default=True, help="The data dir written into cloudd.toml and tmpfiles.d.")
+def install_units(root: str, prefix: str | None, unit_data_dir: str) -> None:
+    """Install cloudd.service, cloudd-fence-guard.service, /etc/tmpfiles.d/cloudd.conf,
+    /etc/cloudd/cloudd.toml (kept if present) and the data dir (0700). Then:
+    systemctl daemon-reload; systemctl enable --now cloudd-fence-guard cloudd."""
+    from cloudd.systemd import install, systemctl_available
+
+    if prefix is None:
+        venv = Path(sys.executable).absolute().parent.parent
+        prefix = str(venv.parent) if venv.name == ".venv" else "/opt/cloudd"
+    done = install(root, prefix=prefix, data_dir=unit_data_dir)
+    for path in done.written:
+        click.echo(f"wrote {path}")
+    for path in done.kept:
+        click.echo(f"kept {path} (exists)")
+    if root == "/" and systemctl_available():
+        click.echo("next: systemctl daemon-reload && systemd-tmpfiles --create cloudd.conf && systemctl enable --now cloudd-fence-guard cloudd")
 
 
 def _signed(config: NodeConfig, secret: str, method: str, path: str, body: bytes = b"", targets: list[str] | None = None) -> httpx.Response:

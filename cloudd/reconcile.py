@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from cloudd.env import Env, try_propose
+from cloudd.logging_setup import TRAIL, request_scope
 from cloudd.ops.cloudinit import write_seed
 from cloudd.ops.compute import ComputeDriver, ComputeError, DomainInfo, DomainSpec, IscsiSource
 from cloudd.ops.local_disk import LocalDisks
@@ -30,6 +31,8 @@ from cloudd.vm_layout import VmLayout, hot_pluggable, seed_data
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# hypervisor calls that change a guest: logged (with the request id that asked for it)
+LOGGED_ACTIONS = frozenset({"define", "start", "shutdown", "destroy", "undefine", "reset", "reboot"})
 
 
 @dataclass
@@ -153,6 +156,9 @@ class VmReconciler:
         """Run a blocking hypervisor or disk call in the agent's own threads, with a timeout
         (a hung libvirtd then holds up only these threads, not the API's)."""
         loop = asyncio.get_running_loop()
+        name = getattr(fn, "__name__", "")
+        if name in LOGGED_ACTIONS and args:
+            log.info("VM %s: %s", getattr(args[0], "name", args[0]), name)
         try:
             return await asyncio.wait_for(loop.run_in_executor(self.threads, functools.partial(fn, *args)), self.settings.call_timeout_s)
         except asyncio.TimeoutError:
@@ -313,25 +319,33 @@ class VmReconciler:
         for vm_id, vm in sorted(mine.items()):
             if vm.get("migration"):
                 continue  # the migration agent takes its steps
-            memory = self.memory.setdefault(vm_id, VmMemory())
-            error = None
-            try:
-                await self._converge(env, vm, actual.get(vm_id), memory, images, links, nets)
-            except ComputeError as exc:
-                if exc.transient:
-                    log.warning("VM %s: %s (will retry)", vm["name"], exc)
-                    continue
-                error = str(exc)
-                log.error("VM %s: %s", vm["name"], error)
-            try:
-                seen = (await self._call(self.driver.domains)).get(vm_id)
-            except ComputeError:
-                continue
-            await self._report(env, vm, seen, memory, error)
+            # this VM's log lines carry the id of the request that last changed it
+            with request_scope(TRAIL.of(vm_id), vm=vm_id):
+                await self._pass_one(env, vm, actual.get(vm_id), images, links, nets)
         for vm_id in list(self.memory):
             if vm_id not in mine:
                 del self.memory[vm_id]
         await self.remove_strangers(env, actual, mine)
+
+    async def _pass_one(
+        self, env: Env, vm: dict[str, Any], seen: DomainInfo | None, images: dict[str, dict[str, Any]], links: dict[str, dict[str, Any]], nets: NetworkView
+    ) -> None:
+        vm_id = vm["id"]
+        memory = self.memory.setdefault(vm_id, VmMemory())
+        error = None
+        try:
+            await self._converge(env, vm, seen, memory, images, links, nets)
+        except ComputeError as exc:
+            if exc.transient:
+                log.warning("VM %s: %s (will retry)", vm["name"], exc)
+                return
+            error = str(exc)
+            log.error("VM %s: %s", vm["name"], error)
+        try:
+            seen = (await self._call(self.driver.domains)).get(vm_id)
+        except ComputeError:
+            return
+        await self._report(env, vm, seen, memory, error)
 
     async def _converge(
         self,

@@ -15,18 +15,22 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
+from cloudd.commands.versions import cluster_command_version
 from cloudd.errors import CloudError
 from cloudd.model.state import State
 from cloudd.validate import ID_RE, Field, check_args
 
 log = logging.getLogger(__name__)
 
+# the newest command table this node knows: announced in its registration (see
+# cloudd.commands.versions); a command's ``v`` is its spec's ``version``
 COMMAND_VERSION = 1
 MAX_COMMAND_BYTES = 1 << 20
+MAX_VERSION = 1 << 16
 
 ENVELOPE = {
     "op": Field("str", max_len=64),
-    "v": Field("int", min=1, max=COMMAND_VERSION),
+    "v": Field("int", min=1, max=MAX_VERSION),
     "id": Field("str", pattern=ID_RE),
     "ts": Field("num", min=0),
     "actor": Field("dict", required=False, max_len=8),
@@ -66,6 +70,15 @@ class CommandSpec:
     target: str | None = None
     doc: str = ""
     volatile: tuple[str, ...] = ()
+    # the command table version that introduced this form of the command; ``needs``
+    # may say that some arguments can still travel in an older form (e.g. a v2 that only
+    # added an optional field), so a rolling upgrade keeps working for the others
+    version: int = 1
+    needs: Callable[[dict[str, Any]], int] | None = None
+
+    def version_for(self, args: dict[str, Any]) -> int:
+        """The command form these arguments are written in (``v``)."""
+        return self.needs(args) if self.needs is not None else self.version
 
 
 REGISTRY: dict[str, CommandSpec] = {}
@@ -79,13 +92,19 @@ def command(
     remember: bool = True,
     target: str | None = "name",
     volatile: tuple[str, ...] = (),
+    version: int = 1,
+    needs: Callable[[dict[str, Any]], int] | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Register ``handler`` for ``op``; ``target`` names the argument the event shows."""
+    """Register ``handler`` for ``op``; ``target`` names the argument the event shows;
+    ``version``: the command table version that introduced this form (a new command, or
+    a changed one, gets the next version and ``COMMAND_VERSION`` follows)."""
 
     def register(handler: Handler) -> Handler:
         if op in REGISTRY:
             raise ValueError(f"command {op} registered twice")
-        REGISTRY[op] = CommandSpec(op, args, handler, audit, remember, target, handler.__doc__ or "", volatile)
+        if not 1 <= version <= COMMAND_VERSION:
+            raise ValueError(f"command {op}: version {version} is not in 1..{COMMAND_VERSION}")
+        REGISTRY[op] = CommandSpec(op, args, handler, audit, remember, target, handler.__doc__ or "", volatile, version, needs)
         return handler
 
     return register
@@ -140,6 +159,28 @@ def _decode(raw: bytes | str) -> dict[str, Any]:
     return check_args(cmd, ENVELOPE, prefix="command.")
 
 
+def check_version(state: State, cmd: dict[str, Any]) -> None:
+    """Refuse a command newer than the cluster's command version, on every replica alike.
+
+    The error is the one an older node's envelope check (``v`` at most its version) gives
+    for it, byte for byte, so replicas old and new refuse it identically and no state or
+    audit log differs. (The proposer already refused it with a clearer message; this only
+    catches a race with an older node joining or registering.)"""
+    if cmd["v"] <= 1:
+        return
+    cluster = cluster_command_version(state)
+    if cmd["v"] > cluster:
+        check_args(cmd, {**ENVELOPE, "v": Field("int", min=1, max=cluster)}, prefix="command.")
+    if cmd["v"] > COMMAND_VERSION:
+        # every node announced a newer table than this one has: this node was downgraded
+        # after the cluster moved on; it cannot follow the log any more
+        log.critical(
+            "command %s (request %s) is of command version %d, this cloudd knows only %d: this node can no longer "
+            "follow the cluster's log; upgrade cloudd on it (downgrades are not supported)", cmd["op"], cmd["id"], cmd["v"], COMMAND_VERSION,
+        )
+        raise CloudError("invalid", f"command.v must be at most {COMMAND_VERSION:g}", {"field": "command.v"})
+
+
 def apply_command(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
     """Apply one serialized command at log ``index``. Never raises."""
     outcome = _apply(state, raw, index)
@@ -154,6 +195,7 @@ def apply_command(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
 def _apply(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
     try:
         cmd = _decode(raw)
+        check_version(state, cmd)
     except CloudError as exc:
         return Outcome(index, error=exc.to_dict()).to_dict()
 
@@ -209,10 +251,13 @@ def _apply(state: State, raw: bytes | str, index: int) -> dict[str, Any]:
 
 
 def make_command(
-    op: str, args: dict[str, Any], request_id: str, ts: float, actor: Mapping[str, Any] | None = None
+    op: str, args: dict[str, Any], request_id: str, ts: float, actor: Mapping[str, Any] | None = None, version: int | None = None
 ) -> bytes:
-    """Serialize a command for proposal."""
-    cmd: dict[str, Any] = {"op": op, "v": COMMAND_VERSION, "id": request_id, "ts": ts, "args": args}
+    """Serialize a command for proposal; ``v`` is the form its arguments are written in."""
+    if version is None:
+        spec = REGISTRY.get(op)
+        version = spec.version_for(args) if spec is not None else 1
+    cmd: dict[str, Any] = {"op": op, "v": version, "id": request_id, "ts": ts, "args": args}
     if actor:
         cmd["actor"] = dict(actor)
     return orjson.dumps(cmd)

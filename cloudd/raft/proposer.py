@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 
 from pysyncobj import FAIL_REASON
 
-from cloudd.commands import make_command
+from cloudd.commands import REGISTRY, make_command
+from cloudd.commands.versions import check_proposal
 from cloudd.errors import CloudError
 from cloudd.raft.node import ReplicatedState
 
@@ -91,10 +92,17 @@ class Proposer:
         """Commit one command; returns its outcome (``index`` plus ``result`` or ``error``).
 
         Raises ``CloudError("unavailable")`` when no leader committed it before the
-        deadline: the outcome is then unknown, and a retry must reuse ``request_id``.
+        deadline: the outcome is then unknown, and a retry must reuse ``request_id``;
+        ``CloudError("conflict")`` at once when the command's form is newer than some
+        node of the cluster understands (a rolling upgrade under way).
         """
         request_id = request_id or new_request_id()
-        raw = make_command(op, args, request_id, self.clock(), actor)
+        spec = REGISTRY.get(op)
+        version = spec.version_for(args) if spec is not None else 1
+        if version > 1:  # a form some node may not know yet: refuse it here, never log it
+            with self.node.lock:
+                check_proposal(self.node.state, op, version)
+        raw = make_command(op, args, request_id, self.clock(), actor, version)
         give_up = time.monotonic() + deadline_s
         leaderless_since: float | None = None
         last_error = -1

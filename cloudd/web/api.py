@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from cloudd.commands import REGISTRY
 from cloudd.errors import CloudError
+from cloudd.logging_setup import command_id
 from cloudd.runtime import NodeRuntime
 from cloudd.web.auth import LoginLimiter, Principal, authenticate
 from cloudd.validate import check_args
@@ -38,7 +39,9 @@ class Api:
         """Propose a command on behalf of the caller; raise its error; return (result, index)."""
         check_args(args, REGISTRY[op].args)  # bad input never costs a log entry
         actor = principal.actor(request) if principal else ({"addr": request.client.host} if request.client else {})
-        return await self.runtime.proposer.submit_ok(op, args, request_id=request_id(request), actor=actor)
+        # the HTTP request's id names the command (and its event, and the agents' log lines)
+        command = request_id(request) or command_id(request.state)
+        return await self.runtime.proposer.submit_ok(op, args, request_id=command, actor=actor)
 
 
 MAX_OFFSET = 1 << 40

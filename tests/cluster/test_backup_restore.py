@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.cloudctl import cli
-from tests.cluster.harness import LocalCluster
+from tests.cluster.harness import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -32,6 +32,9 @@ def test_a_cluster_comes_back_from_its_backup_with_users_tokens_pools_and_vms(tm
         with old.api("node2", login["token"]) as alice:
             api_token = alice.post("/api/v1/tokens", json={"name": "ci"}).json()["token"]
             ids = [alice.post("/api/v1/vms", json={"name": f"web{i}", "flavor": "small", "power": "stopped"}).json()["id"] for i in range(3)]
+            # settled (created, tasks finished) before the backup, so the restored state can be compared with it
+            wait_for(lambda: all(v["state"] == "stopped" for v in alice.get("/api/v1/vms").json()["items"]), 30, what="the VMs created")
+            wait_for(lambda: all(t["state"] != "running" for t in alice.get("/api/v1/tasks").json()["items"]), 30, what="the tasks finished")
         config = tmp_path / "ctl.json"
         runner = CliRunner()
         assert runner.invoke(cli, ["--config", str(config), "--endpoint", old.nodes["node3"].url, "login", "--username", "admin", "--password", old.password]).exit_code == 0
@@ -65,6 +68,18 @@ def test_a_cluster_comes_back_from_its_backup_with_users_tokens_pools_and_vms(tm
             assert not any(n.get("rejoin") for n in nodes)
             events = admin.get("/api/v1/events", params={"limit": 1000}).json()["items"]
             assert any(e["op"] == "cluster.restore_finish" for e in events) and any(e["op"] == "pool.create" for e in events)
+            # the state is the backup's: every record of every kind, field for field (only
+            # the nodes, which joined again, and the admin's new login token differ)
+            restored = admin.get("/api/v1/cluster/backup").json()["state"]
+        original = json.loads(backup.read_text())["state"]
+        for kind in ("users", "flavors", "images", "pools", "networks", "ports", "storage_pools", "volumes", "tasks", "default_image"):
+            assert restored.get(kind) == original.get(kind), kind
+        assert {k: restored["tokens"][k] for k in original["tokens"]} == original["tokens"]
+        assert set(restored["vms"]) == set(original["vms"])
+        for vm_id, vm in original["vms"].items():
+            assert {k: v for k, v in restored["vms"][vm_id].items() if k != "observed"} == {k: v for k, v in vm.items() if k != "observed"}, vm_id
+        assert restored["cluster"]["id"] == original["cluster"]["id"] and restored["cluster"]["name"] == original["cluster"]["name"]
+        assert restored["events"][: len(original["events"])] == original["events"]  # the audit log goes on from the backup's
         # alice's API token of the old cluster still works, and her VMs and pool are there
         with new.api("node2", api_token) as alice:
             assert sorted(v["id"] for v in alice.get("/api/v1/vms").json()["items"]) == sorted(ids)
