@@ -1,0 +1,130 @@
+"""Plumbing of the Nova surface: microversions, version documents, lookups by id.
+
+Only microversion 2.1 is served (min = max = 2.1): a request without a version header
+is 2.1, ``latest`` is 2.1, and any other version is a 406.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cloudd.errors import CloudError
+from cloudd.web.api import find_owned
+from cloudd.web.auth import Principal
+from cloudd.web.openstack.common import OsApi, base_url
+from cloudd.web.openstack.errors import Endpoint, nova_error, nova_guarded
+
+MICROVERSION = "2.1"
+VERSION_HEADERS = {
+    "OpenStack-API-Version": f"compute {MICROVERSION}",
+    "X-OpenStack-Nova-API-Version": MICROVERSION,
+    "Vary": "OpenStack-API-Version, X-OpenStack-Nova-API-Version",
+}
+VERSION_RE = re.compile(r"^([0-9]{1,4})\.([0-9]{1,4})$")
+UPDATED = "2013-07-23T11:33:21Z"
+MAX_NAME_FILTER = 255
+BRANCHES = re.compile(r"[*+?|]|\{[0-9]")  # quantifiers and alternatives: what backtracks
+QUANTIFIED_GROUP = re.compile(r"\)\s*(?:[*+?]|\{[0-9])")
+
+
+def requested_microversion(request: Request) -> str | None:
+    """The compute microversion a request asks for (None: none asked)."""
+    for item in request.headers.get("openstack-api-version", "").split(","):
+        service, _, value = item.strip().partition(" ")
+        if service.lower() == "compute" and value.strip():
+            return value.strip()
+    legacy = request.headers.get("x-openstack-nova-api-version")
+    return legacy.strip() if legacy else None
+
+
+def microversion_problem(request: Request) -> Response | None:
+    """A 400 for a malformed version, a 406 for one we do not serve, else None."""
+    value = requested_microversion(request)
+    if value is None or value.lower() == "latest":
+        return None
+    match = VERSION_RE.fullmatch(value)
+    if match is None:
+        return nova_error(400, f"invalid microversion {value[:40]!r}: use the form 2.1")
+    if (int(match[1]), int(match[2])) != (2, 1):
+        return nova_error(406, f"Version {value} is not supported by the API. Minimum is {MICROVERSION} and maximum is {MICROVERSION}.")
+    return None
+
+
+def nova_endpoint(handler: Endpoint) -> Endpoint:
+    """Nova's error shape, the microversion check and the version headers on every answer."""
+    guarded = nova_guarded(handler)
+
+    async def wrapper(request: Request) -> Response:
+        response = microversion_problem(request) or await guarded(request)
+        response.headers.update(VERSION_HEADERS)
+        return response
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+def compute_url(request: Request) -> str:
+    return f"{base_url(request)}/compute/v2.1"
+
+
+def v21_document(request: Request) -> dict[str, Any]:
+    return {
+        "id": "v2.1",
+        "status": "CURRENT",
+        "version": MICROVERSION,
+        "min_version": MICROVERSION,
+        "updated": UPDATED,
+        "links": [{"rel": "self", "href": f"{compute_url(request)}/"}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}],
+    }
+
+
+def name_filter(pattern: str | None) -> Callable[[str], bool]:
+    """Nova's ``name`` filter: a regular expression searched in the name. Only patterns
+    that cannot backtrack for long are taken (at most 3 quantifiers and alternatives
+    together, no quantifier on a group): each tries at most a name's length of ways."""
+    if pattern is None:
+        return lambda name: True
+    if len(pattern) > MAX_NAME_FILTER or len(BRANCHES.findall(pattern)) > 3 or QUANTIFIED_GROUP.search(pattern):
+        raise CloudError("invalid", "name filter: at most 255 characters and 3 quantifiers or alternatives, no quantified group")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise CloudError("invalid", f"name filter is not a regular expression: {exc}") from None
+    return lambda name: compiled.search(name) is not None
+
+
+def find_server(os_api: OsApi, principal: Principal, server_id: str) -> dict[str, Any]:
+    """A VM by id only (a name is a 404: clients then look it up by listing), among the
+    ones the caller may see (``find_owned``, as the /api/v1 routes)."""
+    with os_api.runtime.raft.lock:
+        vms = os_api.runtime.raft.state.vms
+        if server_id in vms:
+            try:
+                return find_owned(vms, principal, server_id, "VM")
+            except CloudError:
+                pass
+    raise CloudError("not_found", f"Instance {server_id} could not be found.")
+
+
+def page_args(request: Request) -> tuple[int, str | None]:
+    """Nova's ``limit`` (1..1000, default 1000) and ``marker`` (the last id seen)."""
+    raw = request.query_params.get("limit", "1000")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+        raise CloudError("invalid", "limit must be an integer from 1 to 1000")
+    return int(raw), request.query_params.get("marker")
+
+
+def paged(items: list[dict[str, Any]], limit: int, marker: str | None) -> list[dict[str, Any]]:
+    if marker is not None:
+        ids = [item["id"] for item in items]
+        if marker not in ids:
+            raise CloudError("invalid", f"marker [{marker[:64]}] not found")
+        items = items[ids.index(marker) + 1 :]
+    return items[:limit]
