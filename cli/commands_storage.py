@@ -32,6 +32,7 @@ def register(cli: click.Group) -> None:
         Examples:
           cloudctl storage-pool create local1 --node node1 --backend file --path /var/lib/cloudd/volumes
           cloudctl storage-pool create vg1 --node store1 --backend lvm --vg cloudd --thin-pool thin
+          cloudctl storage-pool create mirror --node store1 --backend drbd --vg cloudd --peer store2
           cloudctl storage-pool list
         """
 

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import uvicorn
 
@@ -28,6 +28,8 @@ from cloudd.reconcile import ImageSource, ImagesByPath, LeaseClock, ReconcileSet
 from cloudd.raft.tuning import RaftTuning
 from cloudd.runtime import NodeRuntime
 from cloudd.fence_guard import FenceFeeder
+from cloudd.logging_setup import TRAIL, set_node
+from cloudd.systemd import Notifier
 from cloudd.network_agent import NetworkAgent
 from cloudd.ops.network import NetworkDrivers
 from cloudd.storage_agent import StorageReconciler
@@ -222,7 +224,11 @@ def make_volume_backend(pool: dict[str, Any]) -> VolumeBackend:
         from cloudd.ops.lvm import LvmVolumes
 
         return LvmVolumes(pool["config"]["vg"], thin_pool=pool["config"].get("thin_pool"))
-    raise StorageError(f"{pool['backend']} pools are not driven by the storage agent yet (command construction only)")
+    if pool["backend"] == "drbd":
+        from cloudd.ops.drbd_pool import ReplicatedVolumes
+
+        return ReplicatedVolumes(pool["config"]["vg"], thin_pool=pool["config"].get("thin_pool"))
+    raise StorageError(f"unknown storage backend {pool['backend']}")
 
 
 def make_exports(config: NodeConfig) -> tuple[ExportBackend | None, TgtDaemon | None]:
@@ -255,13 +261,48 @@ def make_storage_agent(config: NodeConfig, secret: str, images: Any) -> tuple[St
     return StorageReconciler(config.name, make_volume_backend, exports, secret, images=images), daemon
 
 
-async def serve_async(config: NodeConfig, secret: str) -> None:
+def node_status_line(runtime: NodeRuntime) -> str:
+    """systemd's STATUS= line: role, term, applied index, VMs here."""
+    status = runtime.raft.raft_status()
+    with runtime.raft.lock:
+        vms = sum(1 for vm in runtime.raft.state.vms.values() if vm.get("node") == runtime.config.name)
+    quorum = "" if status["has_quorum"] or status["role"] == "replica" else ", NO QUORUM"
+    return f"{status['role']}, term {status['term']}, applied {status['last_applied']}, {vms} VMs here{quorum}"
+
+
+async def notify_ready(server: uvicorn.Server, notifier: Notifier, runtime: NodeRuntime, stop: asyncio.Event) -> None:
+    """READY=1 once uvicorn listens (the API serves)."""
+    while not server.started and not stop.is_set():
+        await asyncio.sleep(0.05)
+    if server.started:
+        notifier.ready(f"serving the API on {runtime.config.api_addr}; " + node_status_line(runtime))
+
+
+def feeding_watchdog(step: Callable[[], Awaitable[None]], notifier: Notifier, status: Callable[[], str]) -> Callable[[], Awaitable[None]]:
+    """The agent's pass, then a watchdog keep-alive and a STATUS= line. The keep-alive is
+    reached only when the pass completed: a hung agent loop (or one that raises every
+    time) starves systemd's watchdog (WatchdogSec) and cloudd is restarted."""
+
+    async def one_pass() -> None:
+        await step()
+        notifier.alive()
+        notifier.status(status())
+
+    return one_pass
+
+
+async def serve_async(config: NodeConfig, secret: str, metrics_token: str | None = None, notifier: Notifier | None = None) -> None:
+    notifier = notifier or Notifier.take_from_environ()
+    set_node(config.name)
     raft = open_replica(config, secret)
+    raft.apply_hooks.append(TRAIL.note_command)  # request ids for the agents' log lines
     runtime = NodeRuntime.build(config, secret, raft)
     host, port = config.api_addr.rsplit(":", 1)
+    app = create_app(runtime)
+    app.state.metrics_token = metrics_token
     server = GracefulServer(
         uvicorn.Config(
-            create_app(runtime),
+            app,
             host=host.strip("[]"),
             port=int(port),
             log_level="warning",
@@ -293,10 +334,14 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
         facts = ComputeFacts(config, reconciler)
         agent.compute = facts.now
     storage, tgtd = await asyncio.to_thread(make_storage_agent, config, secret, runtime.images)
+    if storage is not None:  # a storage node with a stale lease stops serving its DRBD primaries
+        storage.lease, storage.fence_after = agent.lease, config.timings.fence_after
     manager_wake, reconcile_wake, storage_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     wake_on_vm_commands(raft, asyncio.get_running_loop(), [manager_wake, reconcile_wake, storage_wake])
+    agent_pass = feeding_watchdog(lambda: agent.step(runtime.env), notifier, lambda: node_status_line(runtime))
     tasks = [
-        asyncio.create_task(_every(config.timings.heartbeat_interval, lambda: agent.step(runtime.env), stop)),
+        asyncio.create_task(notify_ready(server, notifier, runtime, stop)),
+        asyncio.create_task(_every(config.timings.heartbeat_interval, agent_pass, stop)),
         asyncio.create_task(_every(config.timings.manager_interval, lambda: manager.step(runtime.env), stop, manager_wake)),
         asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(_remember_peers, runtime), stop)),
     ]
@@ -327,6 +372,7 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
     try:
         await server.serve()
     finally:
+        notifier.stopping()
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         if tgtd is not None:
@@ -335,7 +381,7 @@ async def serve_async(config: NodeConfig, secret: str) -> None:
         log.info("node %s stopped", config.name)
 
 
-def serve(data_dir: str) -> None:
+def serve(data_dir: str, metrics_token: str | None = None) -> None:
     config = NodeConfig.load(data_dir)
     secret = read_secret(data_dir)
     pid_path = Path(config.data_dir) / PID_FILE
@@ -344,9 +390,9 @@ def serve(data_dir: str) -> None:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve_async(config, secret))
+            asyncio.run(serve_async(config, secret, metrics_token))
         else:
-            uvloop.run(serve_async(config, secret))
+            uvloop.run(serve_async(config, secret, metrics_token))
     finally:
         try:
             if pid_path.read_text() == str(os.getpid()):

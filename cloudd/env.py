@@ -154,12 +154,25 @@ def storage_view_of(state: State, node: str) -> "StorageView":
     from cloudd.commands.volumes import export_initiators
     from cloudd.storage_agent import StorageView
 
-    pools = {name: orjson_copy(p) for name, p in state.storage_pools.items() if p["node"] == node}
+    # a drbd pool is also the peer's: it keeps the other side of every volume
+    pools = {
+        name: orjson_copy(p) for name, p in state.storage_pools.items()
+        if p["node"] == node or (p["backend"] == "drbd" and p["config"].get("peer") == node)
+    }
     volumes = {vid: orjson_copy(v) for vid, v in state.volumes.items() if v["pool"] in pools}
     initiators = {vid: export_initiators(state, v) for vid, v in volumes.items()}
     wanted = {v["image"] for v in volumes.values() if v.get("image")}
     images = {iid: dict(state.images[iid]) for iid in wanted if iid in state.images}
-    return StorageView(pools, volumes, initiators, images)
+    addresses = {name: replication_address(state.nodes[name]) for name in {n for v in volumes.values() for n in (v.get("replica") or {}).get("nodes", [])} if name in state.nodes}
+    return StorageView(pools, volumes, initiators, images, addresses)
+
+
+def replication_address(node: dict[str, Any]) -> tuple[str, str]:
+    """(host name as ``uname -n`` prints it, IP address) a storage node replicates over:
+    the address of its iSCSI portal."""
+    portal = ((node.get("storage") or {}).get("portal") or node.get("api_addr") or "").rsplit(":", 1)[0].strip("[]")
+    hostname = ((node.get("inventory") or {}).get("facts") or {}).get("hostname") or node["name"]
+    return str(hostname), portal
 
 
 def orjson_copy(value: Any) -> Any:

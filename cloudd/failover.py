@@ -45,6 +45,41 @@ def lost_nodes(nodes: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float]
     }
 
 
+def lost_any_role(nodes: Mapping[str, Mapping[str, Any]], ages: Mapping[str, float], timings: Timings) -> dict[str, int]:
+    """Like ``lost_nodes`` but storage nodes too (DRBD primaries)."""
+    grace = timings.fence_after + timings.failover_margin
+    return {name: node["lease_seq"] for name, node in sorted(nodes.items()) if node.get("status") == "down" and ages.get(name, 0.0) >= grace}
+
+
+def plan_promotions(
+    nodes: Mapping[str, Mapping[str, Any]],
+    volumes: Mapping[str, Mapping[str, Any]],
+    lost: Mapping[str, int],
+    renewing: set[str] | None = None,
+) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+    """The replicated volumes whose primary is on a lost node: ``(volume, new primary,
+    the lost node's judged lease)`` for those whose secondary may take over, and
+    ``(volume, why not)`` for the others (see ``cloudd.commands.replication``)."""
+    from cloudd.commands.replication import secondary_of
+
+    promote: list[tuple[str, str, int]] = []
+    waiting: list[tuple[str, str]] = []
+    for vid, volume in sorted(volumes.items()):
+        replica = volume.get("replica")
+        if not replica or replica["primary"] not in lost or volume.get("state") == "deleting":
+            continue
+        second = secondary_of(dict(replica))
+        side = replica["sides"].get(second) or {}
+        status = (nodes.get(second) or {}).get("status")
+        if status not in ("up", "maintenance") or (renewing is not None and second not in renewing):
+            waiting.append((vid, f"its primary {replica['primary']} is lost and its secondary {second} is {status or 'gone'}"))
+        elif side.get("disk_state") != "UpToDate":
+            waiting.append((vid, f"its primary {replica['primary']} is lost and the copy on {second} is {side.get('disk_state') or 'unreported'}, not UpToDate"))
+        else:
+            promote.append((vid, second, lost[replica["primary"]]))
+    return promote, waiting
+
+
 def lost_together(nodes: Mapping[str, Mapping[str, Any]], lost: Mapping[str, int], window: float) -> list[str]:
     """The lost nodes whose down verdicts lie within ``window`` seconds of the newest one
     (a record without ``status_since`` counts as new: the guard errs on the safe side)."""

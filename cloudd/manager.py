@@ -19,7 +19,7 @@ from cloudd.commands.alloc import shared_vm_storage
 from cloudd.moves import MoveOrder, migrations_to_cancel, movable_without_downtime, next_rebalance_moves, plan_drain, plan_finished
 from cloudd.alloc.snapshot import AllocSettings, Snapshot, demand_of
 from cloudd.config import Timings
-from cloudd.failover import STORM_ALERT, FailoverPlan, plan_failover
+from cloudd.failover import STORM_ALERT, FailoverPlan, lost_any_role, plan_failover, plan_promotions
 from cloudd.env import Env, try_propose
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Manager:
         self.leading = False
         self.term: int | None = None
         self.last_auto_plan: float | None = None  # when this leader last planned a rebalance itself
+        self.promotion_waits: dict[str, str] = {}  # volume -> why its secondary cannot take over (logged once)
 
     async def step(self, env: Env) -> list[dict[str, Any]]:
         """One iteration; returns the verdicts it proposed (for tests and logs)."""
@@ -188,6 +189,8 @@ class Manager:
             if plan.storm:
                 log.error("fencing-storm guard: %s", plan.storm)
             await try_propose(env, "cluster.alert_set", {"key": STORM_ALERT, "message": plan.storm}, "the storm alert")
+        if plan.storm is None:
+            await self.promote_replicas(env, ages)
         vms = env.vms() if plan.waiting else {}
         for vm_id, source, target in plan.moves:
             args = {"id": vm_id, "from_node": source, "node": target, "observed_seq": plan.lost[source]}
@@ -197,6 +200,22 @@ class Manager:
             if (vms.get(vm_id) or {}).get("error") != reason:
                 await try_propose(env, "vm.failover_waiting", {"id": vm_id, "from_node": source, "reason": reason}, f"VM {vm_id}")
         return plan
+
+    async def promote_replicas(self, env: Env, ages: dict[str, float]) -> None:
+        """Promote the secondary of every DRBD volume whose primary's node is lost, before
+        the VMs using it are restarted (they then reach it on the new primary's portal)."""
+        volumes = {vid: v for vid, v in list(env.state().volumes.items()) if v.get("replica")}
+        lost = lost_any_role(env.nodes(), ages, self.timings)
+        if not lost or not volumes:
+            return
+        promote, waiting = plan_promotions(env.nodes(), volumes, lost, self.tracker.renewing)
+        for vid, node, seq in promote:
+            if await try_propose(env, "volume.promote", {"id": vid, "node": node, "observed_seq": seq}, f"promoting volume {vid}"):
+                log.warning("volume %s: %s promoted to primary (its primary's node was lost)", vid, node)
+        for vid, reason in waiting:
+            if self.promotion_waits.get(vid) != reason:
+                self.promotion_waits[vid] = reason
+                log.error("volume %s cannot fail over: %s", vid, reason)
 
     async def place_pending(self, env: Env) -> list[tuple[str, str | None]]:
         """Place pending VMs, oldest first; note why when none fits. Returns (vm, node)."""

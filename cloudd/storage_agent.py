@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from cloudd.env import Env, try_propose
 from cloudd.ops.storage import ExportBackend, ExportSpec, ExportStats, StorageError, VolumeBackend, VolumeInfo, volume_target
+
+if TYPE_CHECKING:
+    from cloudd.ops.drbd_pool import ReplicaLayout
+    from cloudd.reconcile import LeaseClock
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -46,6 +51,7 @@ class StorageView:
     volumes: dict[str, dict[str, Any]]
     initiators: dict[str, list[str]]  # volume id -> who may log in now
     images: dict[str, dict[str, Any]]
+    replication: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (host name, address)
 
 
 @dataclass
@@ -77,6 +83,12 @@ class StorageReconciler:
     reported: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     counters: dict[str, ExportCounters] = field(default_factory=dict)
     last_periodic: float = float("-inf")
+    replicas: "ReplicaKeeper" = field(default_factory=lambda: ReplicaKeeper())
+    # the node's lease (noted by its agent): stale for fence_after, this node stops serving
+    # the replicated volumes it is Primary of, as the leader may promote their secondaries
+    lease: "LeaseClock | None" = None
+    fence_after: float = 0.0
+    fenced: bool = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout=600)
@@ -90,11 +102,18 @@ class StorageReconciler:
 
     async def step(self, env: Env) -> None:
         view = env.storage_view(self.node)
+        if self.lease is not None and self.lease.stale_for(self.clock()) >= self.fence_after:
+            await self._fence(view)
+            return
+        if self.fenced:
+            log.warning("lease renewed: serving replicated volumes again as the state says")
+            self.fenced = False
         periodic = self.clock() - self.last_periodic >= self.report_every_s
         if periodic:
             self.last_periodic = self.clock()
         for pool in view.pools.values():
-            await self._pool(env, pool, periodic)
+            if pool["node"] == self.node:  # a drbd pool's peer keeps copies; the pool's node reports
+                await self._pool(env, pool, periodic)
         try:
             current = await self._call(self.exports.exports) if self.exports else {}
         except StorageError as exc:
@@ -113,6 +132,28 @@ class StorageReconciler:
                 log.error("volume %s: %s", volume["name"], exc)
                 await self._report(env, volume, None, [], error=str(exc))
 
+    async def _fence(self, view: StorageView) -> None:
+        """Stop serving every replicated volume this side is Primary of (export removed, then
+        Secondary) without asking the cluster: it cannot be asked."""
+        if not self.fenced:
+            log.error("lease not renewed for %.0fs: fencing this node's DRBD primaries", self.fence_after)
+            self.fenced = True
+        for volume in sorted(view.volumes.values(), key=lambda v: v["id"]):
+            pool = view.pools.get(volume["pool"])
+            if not volume.get("replica") or pool is None:
+                continue
+            backend = self.backend(pool)
+            try:
+                status = await self._call(backend.status, volume["id"])  # type: ignore[attr-defined]
+                if status is None or status.role != "Primary":
+                    continue
+                if self.exports is not None:
+                    await self._call(self.exports.remove, volume_target(volume["id"]))
+                await self._call(backend.make_secondary, volume["id"])  # type: ignore[attr-defined]
+                log.error("volume %s: fenced (export removed, Secondary)", volume["name"])
+            except StorageError as exc:
+                log.error("volume %s: cannot fence: %s", volume["name"], exc)
+
     async def _pool(self, env: Env, pool: dict[str, Any], periodic: bool) -> None:
         try:
             capacity = await self._call(self.backend(pool).capacity)
@@ -126,6 +167,10 @@ class StorageReconciler:
 
     async def _volume(self, env: Env, view: StorageView, pool: dict[str, Any], volume: dict[str, Any], current: dict[str, Any] | None, periodic: bool) -> None:
         backend = self.backend(pool)
+        if volume.get("replica"):
+            await self.replicas.step(self, env, view, backend, volume, current)
+            if volume["node"] != self.node:
+                return  # the secondary: no export, no volume report
         vid, target = volume["id"], volume_target(volume["id"])
         if volume["state"] == "deleting":
             if self.exports is not None and current is not None and target in current:
@@ -207,3 +252,84 @@ class StorageReconciler:
             return
         if await try_propose(env, "volume.report", args, f"volume {volume['id']}"):
             self.reported[volume["id"]] = key
+
+
+def layout_of(replica: dict[str, Any], addresses: dict[str, tuple[str, str]]) -> "ReplicaLayout":
+    """The DRBD resource of a replicated volume, from the state (node ids by name order)."""
+    from cloudd.ops.drbd_pool import ReplicaLayout, ReplicaSide
+
+    sides = []
+    for node_id, name in enumerate(sorted(replica["nodes"])):
+        if name not in addresses or not addresses[name][1]:
+            raise StorageError(f"storage node {name} has no replication address yet", transient=True)
+        hostname, address = addresses[name]
+        sides.append(ReplicaSide(hostname, address, node_id))
+    return ReplicaLayout(replica["minor"], replica["port"], (sides[0], sides[1]))
+
+
+@dataclass
+class ReplicaKeeper:
+    """This node's side of the replicated volumes: made, grown and removed with the volume,
+    Primary exactly while the state names this node (``volume.promote`` moves it), each
+    side's DRBD status reported when it changes."""
+
+    reported: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+
+    async def step(self, agent: StorageReconciler, env: Env, view: StorageView, backend: VolumeBackend, volume: dict[str, Any], current: dict[str, Any] | None) -> None:
+        from cloudd.ops.drbd_pool import ReplicatedVolumes
+
+        if not isinstance(backend, ReplicatedVolumes):
+            raise StorageError(f"volume {volume['name']} is replicated but its pool is {backend.kind}")
+        vid, replica, me = volume["id"], volume["replica"], agent.node
+        backend.configure(vid, layout_of(replica, view.replication))
+        primary = replica["primary"] == me
+        size = int(volume["size_gb"] * GIB)
+        if volume["state"] == "deleting":
+            if not primary:  # the primary removes its side with the volume (StorageReconciler._volume)
+                await agent._call(backend.delete, vid)
+                await self._report(env, vid, me, ("Deleted", "Diskless", "DUnknown", "StandAlone"))
+            return
+        if volume["state"] == "creating":
+            source = None
+            if primary and volume.get("image"):
+                image = view.images.get(volume["image"])
+                if image is None or agent.images is None:
+                    raise StorageError(f"image {volume['image']} is not available on {me}")
+                source = await agent.images.local_path(image)
+            first = primary and replica.get("promoted") is None
+            await agent._call(functools.partial(backend.create, vid, size, source, initial_primary=first))
+        elif volume["state"] == "resizing" and not primary:
+            await agent._call(backend.resize, vid, size)  # the primary grows in StorageReconciler._resize
+        status = await agent._call(backend.status, vid)
+        if status is None:  # not up (the host restarted): bring it up as it was
+            await agent._call(backend.drbd.up, vid)
+            status = await agent._call(backend.status, vid)
+        error = None
+        if status is not None:
+            lost_and_back = (replica.get("promoted") or {}).get("from") == me
+            if primary and status.role != "Primary":
+                log.warning("volume %s: becoming Primary here, as the state says", volume["name"])
+                try:
+                    await agent._call(backend.make_primary, vid)
+                except StorageError as exc:
+                    log.error("volume %s: %s", volume["name"], exc)
+                    error = str(exc)[:500]
+            elif not primary and status.role == "Primary":
+                target = volume_target(vid)
+                if agent.exports is not None and current is not None and target in current:
+                    await agent._call(agent.exports.remove, target)
+                log.warning("volume %s: stepping down to Secondary (%s is its primary)", volume["name"], replica["primary"])
+                await agent._call(backend.make_secondary, vid, lost_and_back)
+            elif not primary and lost_and_back and status.connection_state == "StandAlone":
+                await agent._call(backend.make_secondary, vid, True)  # split brain after the promotion: the promoted side wins
+            status = await agent._call(backend.status, vid) or status
+            await self._report(env, vid, me, (status.role, status.disk_state, status.peer_disk_state, status.connection_state), error)
+        if error is not None:
+            raise StorageError(error, transient=True)  # no export from a side that is not Primary
+
+    async def _report(self, env: Env, vid: str, node: str, seen: tuple[str, str, str, str], error: str | None = None) -> None:
+        if self.reported.get(vid) == (*seen, error):
+            return
+        args = {"id": vid, "node": node, "role": seen[0], "disk_state": seen[1], "peer_disk_state": seen[2], "connection_state": seen[3], "error": error}
+        if await try_propose(env, "volume.replica_report", args, f"volume {vid}'s replica"):
+            self.reported[vid] = (*seen, error)

@@ -8,11 +8,14 @@ cd "$(dirname "$0")/.."
 # qemu + libvirt's qemu driver run guests (embedded libvirt: no daemon needs to run);
 # busybox-static builds the tiny test guest's initramfs; fdisk (sfdisk), dosfstools (mkfs.fat),
 # mtools, syslinux + syslinux-common (mbr.bin, ldlinux) and isolinux build its bootable disk.qcow2 and boot.iso without
-# mounting anything (scripts/build-guest.sh); genisoimage makes NoCloud seed ISOs in the tests
+# mounting anything (scripts/build-guest.sh); genisoimage makes NoCloud seed ISOs in the tests;
+# chromium is the browser the web UI's Playwright tests drive (tests/ui)
 DEBS=(python3 python3-venv python3-dev gcc pkg-config ca-certificates libvirt-dev
       qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu busybox-static
       fdisk dosfstools mtools syslinux syslinux-common isolinux genisoimage
-      tgt qemu-block-extra nftables dnsmasq-base iproute2)
+      tgt qemu-block-extra nftables dnsmasq-base iproute2 chromium
+      systemd util-linux   # systemd-analyze verify / systemd-tmpfiles and unshare in the tests
+      novnc)  # the web console's VNC client, served from /usr/share/novnc (cloudd/web/console.py)
 
 missing=()
 for pkg in "${DEBS[@]}"; do

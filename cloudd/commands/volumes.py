@@ -20,6 +20,7 @@ from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, re
 from cloudd.commands.compute import get_vm
 from cloudd.commands.pools import Usage, check_quota
 from cloudd.commands.registry import Context, command
+from cloudd.commands.replication import new_replica
 from cloudd.errors import CloudError
 from cloudd.model.attachments import settle as _settle
 from cloudd.model.migration import hosts
@@ -192,6 +193,7 @@ def volume_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     else:
         pool = _choose_pool(state, size)
     check_quota(state, args["owner"], Usage(disk_gb=size))
+    replica = new_replica(state, pool)
     volume = {
         "id": args["id"],
         "name": args["name"],
@@ -210,6 +212,8 @@ def volume_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
         "created_at": ctx.ts,
         "tasks": [],
     }
+    if replica is not None:
+        volume["replica"] = replica
     state.volumes[volume["id"]] = volume
     task = open_task(state, ctx, "volume.create", volume, size_gb=size)
     return {"id": volume["id"], "name": volume["name"], "pool": pool["name"], "state": "creating", "task": dict(task)}
@@ -309,6 +313,17 @@ def volume_resize(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     return {"id": volume["id"], "size_gb": size, "state": volume["state"], "task": dict(task)}
 
 
+def _copy_remains(state: State, volume: dict[str, Any]) -> bool:
+    """A replicated volume is gone once its secondary removed its copy too (or is not up:
+    a dead node's copy goes with it)."""
+    replica = volume.get("replica")
+    if not replica:
+        return False
+    other = next(n for n in replica["nodes"] if n != replica["primary"])
+    up = (state.nodes.get(other) or {}).get("status") in ("up", "maintenance")
+    return up and (replica["sides"].get(other) or {}).get("role") != "Deleted"
+
+
 @command(
     "volume.report",
     {
@@ -342,7 +357,7 @@ def volume_report(state: State, ctx: Context, args: dict[str, Any]) -> dict[str,
     error = args.get("error")
     now = volume["state"]
     if now == "deleting":
-        if not args["present"]:
+        if not args["present"] and not _copy_remains(state, volume):
             del state.volumes[volume["id"]]
             vm_gone(state, volume, ctx.ts)
             return {"id": volume["id"], "state": "deleted"}

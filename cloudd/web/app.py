@@ -13,8 +13,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from cloudd.errors import CloudError
+from cloudd.logging_setup import RequestIdMiddleware
+from cloudd.metrics import install as install_metrics
 from cloudd.runtime import NodeRuntime
+from cloudd.web import console
 from cloudd.web import routes_alloc, routes_cluster, routes_compute, routes_images, routes_migration, routes_networks, routes_nodes, routes_pools, routes_storage, routes_users, ui
+from cloudd.web import openstack
 from cloudd.web.api import Api
 from cloudd.web.audit import RefusedWriteAudit
 from cloudd.web.http import error_response, guarded, json_response
@@ -74,11 +78,15 @@ def create_app(runtime: NodeRuntime) -> Starlette:
     routes += routes_networks.routes(api)  # before /vms/{ref}/{action}: /vms/{ref}/nics is theirs
     routes += routes_alloc.routes(api)  # and /vms/{ref}/placement
     routes += routes_migration.routes(api)  # and /vms/{ref}/migrate
+    routes += console.routes(api)  # and /vms/{ref}/console; /static/novnc before ui's /static
     routes += routes_compute.routes(api)
     routes += routes_images.routes(api)
     routes += routes_pools.routes(api)
     routes += routes_storage.routes(api)
+    routes += openstack.routes(api)  # /identity, /compute, /image, /network, /volume
     routes += ui.routes(api)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=[Middleware(RefusedWriteAudit)])
     app.state.api = api
+    install_metrics(app, runtime)  # GET /metrics and the latency histogram
+    app.add_middleware(RequestIdMiddleware)  # outermost: every log line of a request has its id
     return app

@@ -45,6 +45,7 @@ def volume_view(volume: dict[str, Any], with_placement: bool) -> dict[str, Any]:
     view = dict(volume)
     if not with_placement:
         view.pop("node", None)
+        view.pop("replica", None)  # which storage nodes hold its copies
     return view
 
 

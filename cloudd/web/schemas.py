@@ -221,6 +221,7 @@ SCHEMAS: dict[str, Any] = {
         ["id", "name", "owner", "pool", "size_gb", "state"],
         id=STR, name=STR, owner=STR, pool=STR, size_gb=NUM, image=NSTR, state=STR, attached_to=NSTR, target=NSTR, error=NSTR,
         observed=OBJ, usage={"type": "object", "nullable": True}, tasks=STRS,
+        replica={"type": "object", "description": "drbd pools, admins only: both storage nodes, the primary, minor, port and each side's DRBD status"},
     ),
     "Network": obj(
         ["id", "name", "owner", "public", "segment", "subnet", "gateway", "dhcp_ip", "pool", "dhcp", "profile"],

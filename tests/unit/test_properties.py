@@ -69,6 +69,10 @@ ARGS: dict[str, Any] = {
         optional={"kind": st.sampled_from(["api", "session"])},
     ),
     "token.revoke": st.fixed_dictionaries({"token_id": st.sampled_from(["k1", "k2"])}),
+    "keypair.create": st.fixed_dictionaries(
+        {"user": NAMES, "name": st.sampled_from(["k1", "k2"]), "public_key": st.sampled_from(["ssh-ed25519 AAAA k", "nope"]), "fingerprint": st.just("ab:" * 15 + "ab")}
+    ),
+    "keypair.delete": st.fixed_dictionaries({"user": NAMES, "name": st.sampled_from(["k1", "k2"])}),
     "flavor.create": st.fixed_dictionaries(
         {"name": st.sampled_from(["s", "m"]), "vcpus": st.integers(1, 8), "ram_mb": st.integers(64, 8192), "disk_gb": st.integers(1, 50)}
     ),
@@ -184,6 +188,11 @@ ARGS: dict[str, Any] = {
         {"id": st.sampled_from(["vo1", "vo2"]), "node": st.sampled_from(["n1", "n2"]), "present": st.booleans()},
         optional={"size_bytes": st.integers(0, 1 << 40), "error": st.one_of(st.none(), st.just("disk full"))},
     ),
+    "volume.replica_report": st.fixed_dictionaries({
+        "id": st.sampled_from(["vo1", "vo2"]), "node": st.sampled_from(["n1", "n2"]), "role": st.sampled_from(["Primary", "Secondary"]),
+        "disk_state": st.sampled_from(["UpToDate", "Outdated", "bad state"]), "peer_disk_state": st.just("DUnknown"), "connection_state": st.just("Connecting"),
+    }),
+    "volume.promote": st.fixed_dictionaries({"id": st.sampled_from(["vo1", "vo2"]), "node": st.sampled_from(["n1", "n2"]), "observed_seq": st.integers(0, 5)}),
     "vm.report": st.fixed_dictionaries(
         {"id": VM_IDS, "node": st.sampled_from(["n1", "n2"]), "power": st.sampled_from(["running", "shut_off", "absent", "crashed"])},
         optional={"error": st.one_of(st.none(), st.just("boom")), "action_seq": st.integers(0, 3), "nics": st.lists(st.just("52:54:00:00:00:01"), max_size=1)},
