@@ -291,3 +291,38 @@ def test_a_storage_node_whose_lease_went_stale_stops_serving_its_primaries(tmp_p
     step(env, s1)
     assert hosts.sides["s1"].res["cloudd-vo1"]["role"] == "Primary" and volume_target("vo1") in s1.exports.targets  # type: ignore[union-attr]
     assert not s1.fenced
+
+
+def test_after_a_promotion_the_running_guest_gets_its_volume_back_from_the_new_primary(tmp_path: Path) -> None:
+    """The hypervisor's reconciler sees the volume's portal move and re-plugs the disk."""
+    from cloudd.ops.fake_compute import FakeCompute
+    from cloudd.reconcile import LeaseClock, ReconcileSettings, VmReconciler
+
+    replica, hosts = cluster(), PairedHosts()
+    env = FakeEnv(replica)
+    s1, s2 = (a := agents(hosts, tmp_path))["s1"], a["s2"]
+    step(env, s1)
+    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 1})
+    step(env, s2, s1, s2)
+    replica.ok("vm.create", {"id": "vm1", "name": "db", "owner": "bob", "flavor": "small", "vnc_password": "Abcd1234"})
+    replica.ok("vm.place", {"id": "vm1", "node": "n1"})
+    replica.ok("volume.attach", {"id": "vo1", "vm": "vm1"})
+    step(env, s1)
+    compute = FakeCompute()
+    hypervisor = VmReconciler(compute, ReconcileSettings(domain_type="test", vm_dir=str(tmp_path / "vms")), lease=LeaseClock(renewed_at=0.0), fence_after=1e9, cluster_secret="secret")
+    n1 = FakeEnv(replica, node_name="n1")
+    for _ in range(3):
+        asyncio.run(hypervisor.step(n1))
+    target = replica.state.volumes["vo1"]["target"]
+    assert compute.power["vm1"] == "running" and compute.live["vm1"][target].startswith("iscsi://10.0.0.2:3260/")
+    # s1 is lost; the leader promotes s2 (as in the test above, here straight through the command)
+    hosts.sides["s1"].alive = False
+    seq = replica.state.nodes["s1"]["lease_seq"]
+    replica.ok("node.status_set", {"name": "s1", "status": "down", "observed_seq": seq})
+    replica.ok("volume.promote", {"id": "vo1", "node": "s2", "observed_seq": seq})
+    step(env, s2)
+    for _ in range(3):
+        asyncio.run(hypervisor.step(n1))
+    assert compute.power["vm1"] == "running"  # the guest kept running
+    assert compute.live["vm1"][target].startswith("iscsi://10.0.0.3:3260/")
+    assert next(d for d in compute.defined["vm1"].disks if d.target == target).path.startswith("iscsi://10.0.0.3:3260/")  # and at the next start
