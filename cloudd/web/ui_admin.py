@@ -145,30 +145,31 @@ def routes(ui: Ui) -> list[BaseRoute]:
             return await users_page(request, session, exc.status, errors_from(exc, USER_FIELDS, prefixes={"user": "name"}), form.values())
         return RedirectResponse(notice_url("/ui/admin/users", "user-created", body['name']), status_code=303)
 
+    async def row_action(
+        request: Request, session: Session, form: Form, method: str, path: tuple[str, str], body: dict[str, Any] | None, row: str, notice: str,
+    ) -> Response:
+        """One user's or pool's row action through the API: back to the list with a notice,
+        or the list again with the API's message on that row (a 404 stays a 404)."""
+        try:
+            await ui.send(request, session, method, api_path(*path), body, form)
+        except CloudError as exc:
+            if exc.status == 404:
+                raise
+            return await users_page(request, session, exc.status, {row: exc.message})
+        return RedirectResponse(notice_url("/ui/admin/users", notice, path[1]), status_code=303)
+
     async def user_update(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
         name = segment(request.path_params["name"])
         body: dict[str, Any] = {"pool": form.get("pool") or None, "disabled": form.get("disabled") == "true"}
         if form.get("role"):
             body["role"] = form.get("role")
-        try:
-            await ui.send(request, session, "PATCH", api_path("users", name), body, form)
-        except CloudError as exc:
-            if exc.status == 404:
-                raise
-            return await users_page(request, session, exc.status, {f"user:{name}": exc.message})
-        return RedirectResponse(notice_url("/ui/admin/users", "user-saved", name), status_code=303)
+        return await row_action(request, session, form, "PATCH", ("users", name), body, f"user:{name}", "user-saved")
 
     async def user_delete(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
         name = segment(request.path_params["name"])
-        try:
-            await ui.send(request, session, "DELETE", api_path("users", name), None, form)
-        except CloudError as exc:
-            if exc.status == 404:
-                raise
-            return await users_page(request, session, exc.status, {f"user:{name}": exc.message})
-        return RedirectResponse(notice_url("/ui/admin/users", "user-deleted", name), status_code=303)
+        return await row_action(request, session, form, "DELETE", ("users", name), None, f"user:{name}", "user-deleted")
 
     async def pool_create(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
@@ -195,24 +196,12 @@ def routes(ui: Ui) -> list[BaseRoute]:
         if errors:
             return await users_page(request, session, 400, {f"pool:{name}": "; ".join(f"{k[6:]} {v}" for k, v in errors.items())})
         body = {"limits": limits, "networks": form.getlist("networks"), "description": form.text("description", 500)}
-        try:
-            await ui.send(request, session, "PATCH", api_path("pools", name), body, form)
-        except CloudError as exc:
-            if exc.status == 404:
-                raise
-            return await users_page(request, session, exc.status, {f"pool:{name}": exc.message})
-        return RedirectResponse(notice_url("/ui/admin/users", "pool-saved", name), status_code=303)
+        return await row_action(request, session, form, "PATCH", ("pools", name), body, f"pool:{name}", "pool-saved")
 
     async def pool_delete(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
         name = segment(request.path_params["name"])
-        try:
-            await ui.send(request, session, "DELETE", api_path("pools", name), None, form)
-        except CloudError as exc:
-            if exc.status == 404:
-                raise
-            return await users_page(request, session, exc.status, {f"pool:{name}": exc.message})
-        return RedirectResponse(notice_url("/ui/admin/users", "pool-deleted", name), status_code=303)
+        return await row_action(request, session, form, "DELETE", ("pools", name), None, f"pool:{name}", "pool-deleted")
 
     # --- VMs, rebalance, events ---
 

@@ -170,13 +170,19 @@ def step(env: FakeEnv, *agents: StorageReconciler) -> None:
         asyncio.run(agent.step(env))
 
 
-def test_a_replicated_volume_fails_over_to_the_secondary_and_the_old_primary_gives_way(tmp_path: Path) -> None:
+def replicated_volume(tmp_path: Path, size_gb: int) -> tuple[Replica, PairedHosts, FakeEnv, StorageReconciler, StorageReconciler]:
+    """The cluster, both hosts and agents, and the volume vo1 made on both sides."""
     replica, hosts = cluster(), PairedHosts()
     env = FakeEnv(replica)
     s1, s2 = (a := agents(hosts, tmp_path))["s1"], a["s2"]
     step(env, s1)  # the pool's capacity comes from its node only
-    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 10})
+    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": size_gb})
     step(env, s2, s1, s2)
+    return replica, hosts, env, s1, s2
+
+
+def test_a_replicated_volume_fails_over_to_the_secondary_and_the_old_primary_gives_way(tmp_path: Path) -> None:
+    replica, hosts, env, s1, s2 = replicated_volume(tmp_path, size_gb=10)
     volume = replica.state.volumes["vo1"]
     assert volume["state"] == "available" and volume["node"] == "s1"
     lv = "cloudd-vo1"
@@ -235,12 +241,7 @@ def test_a_replicated_volume_fails_over_to_the_secondary_and_the_old_primary_giv
 
 
 def test_a_secondary_whose_copy_is_not_up_to_date_is_never_promoted_on_the_host(tmp_path: Path) -> None:
-    replica, hosts = cluster(), PairedHosts()
-    env = FakeEnv(replica)
-    s1, s2 = (a := agents(hosts, tmp_path))["s1"], a["s2"]
-    step(env, s1)
-    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 1})
-    step(env, s2, s1, s2)
+    replica, hosts, env, s1, s2 = replicated_volume(tmp_path, size_gb=1)
     # the state says s2 (an admin's mistake or a stale decision), but its disk is Outdated here
     hosts.sides["s2"].res["cloudd-vo1"]["disk"] = "Outdated"
     hosts.sides["s1"].alive = False
@@ -298,12 +299,7 @@ def test_after_a_promotion_the_running_guest_gets_its_volume_back_from_the_new_p
     from cloudd.ops.fake_compute import FakeCompute
     from cloudd.reconcile import LeaseClock, ReconcileSettings, VmReconciler
 
-    replica, hosts = cluster(), PairedHosts()
-    env = FakeEnv(replica)
-    s1, s2 = (a := agents(hosts, tmp_path))["s1"], a["s2"]
-    step(env, s1)
-    replica.ok("volume.create", {"id": "vo1", "name": "data", "owner": "bob", "size_gb": 1})
-    step(env, s2, s1, s2)
+    replica, hosts, env, s1, s2 = replicated_volume(tmp_path, size_gb=1)
     replica.ok("vm.create", {"id": "vm1", "name": "db", "owner": "bob", "flavor": "small", "vnc_password": "Abcd1234"})
     replica.ok("vm.place", {"id": "vm1", "node": "n1"})
     replica.ok("volume.attach", {"id": "vo1", "vm": "vm1"})
