@@ -24,6 +24,7 @@ from cloudd.web.audit import RefusedWriteAudit
 from cloudd.web.http import error_response, guarded, json_response
 from cloudd.web.openapi import ApiRoute, Doc, openapi_document
 from cloudd.web.schemas import SCHEMAS
+from cloudd.web.security_headers import SecurityHeaders
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid", 413: "payload_too_large"}
 
@@ -85,7 +86,7 @@ def create_app(runtime: NodeRuntime) -> Starlette:
     routes += routes_storage.routes(api)
     routes += openstack.routes(api)  # /identity, /compute, /image, /network, /volume
     routes += ui.routes(api)
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=[Middleware(RefusedWriteAudit)])
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=[Middleware(SecurityHeaders), Middleware(RefusedWriteAudit)])  # nosniff on every answer
     app.state.api = api
     install_metrics(app, runtime)  # GET /metrics and the latency histogram
     app.add_middleware(RequestIdMiddleware)  # outermost: every log line of a request has its id

@@ -11,7 +11,7 @@ WS   /internal/v1/vms/{id}/vnc  node to node, ``X-Cloudd-Node`` signed: this nod
                                   the VNC server of a VM that runs here, says ``ready`` and
                                   relays the RFB stream from ClientInit on, for the proxy
                                   of another node
-GET  /static/novnc/…            noVNC
+GET  /static/novnc/{core,vendor}/…  noVNC's client modules (not its own vnc.html apps)
 
 Tokens live in the memory of the node that minted them (``console_tokens``): the browser
 opens the websocket on the node that gave it the page or the URL, so nothing about a
@@ -21,17 +21,28 @@ VM and one user; when it is used the user's right to the VM is checked again.
 VNC listens on each node's own address (``compute.vnc_listen``, loopback by default) and
 is never published: when the VM runs on another node the proxy opens a websocket to that
 node's cloudd, signed like every node-to-node call, and that node connects to its local
-VNC port. The VNC login always happens on the node that runs the VM, so its challenge and
-answer never cross the network, and the password never reaches the browser.
+VNC port.
+
+That node-to-node websocket is plain ``ws://``, like the rest of the traffic between
+nodes: the relayed screen and the keystrokes (whatever the user types into the VM,
+passwords included) cross the network between the two nodes UNENCRYPTED, readable by
+anyone who can watch that network. Only the VNC login stays on the node that runs the VM:
+its challenge and answer never cross the network, and the VM's VNC password never
+reaches the browser or another node. (The browser's own websocket is ``wss://`` when the
+UI is served over TLS.)
 
 The websocket is authenticated by the token alone, never by the session cookie, so a page
 of another site that opens it gains nothing. An open session ends within ``RECHECK_S``
 seconds once its user is disabled or deleted, loses the VM, or the VM stops or moves.
+Open sessions are capped per user and per VM (``console_sessions``); one more is refused
+with close code 1008 and the reason.
 
-noVNC comes from Debian's ``novnc`` package (``scripts/install.sh``), served as it is from
+noVNC comes from Debian's ``novnc`` package (``scripts/install.sh``), served from
 ``/usr/share/novnc``: apt keeps it patched and nothing of it is copied into the tree. Where
 that directory is missing, ``static/novnc`` (git-ignored; e.g. the npm package
-``@novnc/novnc`` unpacked there) is served instead.
+``@novnc/novnc`` unpacked there) is served instead. Only ``core/`` and ``vendor/`` are
+served (what ``console.js`` imports and what those modules import), with the UI's security
+headers; noVNC's own apps (``vnc.html``, ``vnc_lite.html``) are not.
 """
 
 from __future__ import annotations
@@ -39,13 +50,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from cloudd.errors import CloudError
@@ -64,10 +77,12 @@ from cloudd.web.console_rfb import (
     login_within,
     relay,
 )
+from cloudd.web.console_sessions import ConsoleSessions, SessionRefused
 from cloudd.web.console_tokens import ConsoleTokens, Grant, TokenRefused
 from cloudd.web.http import guarded, json_response
 from cloudd.web.openapi import PATH_PARAM, ApiRoute, Doc, Param
-from cloudd.web.ui import page, session_of
+from cloudd.web.security_headers import SecurityHeaders
+from cloudd.web.ui import PAGE_HEADERS, login_url, page, session_of
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("cloudd.audit")  # the node-local trail (cloudd.web.audit): who opened which console
@@ -80,6 +95,9 @@ CLOSE_REFUSED, CLOSE_UNAVAILABLE, CLOSE_NORMAL = 1008, 1011, 1000
 PEER_OPEN_TIMEOUT_S = 10.0
 PEER_READY = "ready"  # the node that runs the VM logged in to its VNC server: raw RFB follows
 RECHECK_S = 5.0  # an open session ends this soon after the user loses the VM or the VM moves
+NOVNC_PARTS = ("core", "vendor")  # console.js imports core/rfb.js; core imports vendor/pako
+NOVNC_HEADERS = {k: v for k, v in PAGE_HEADERS.items() if k != "Cache-Control"}
+CONSOLE_CSP = {"default-src": "'self'", "img-src": "'self' data:", "connect-src": "'self'"}
 CONSOLE_ANSWER = {
     "type": "object",
     "required": ["url", "token", "expires_at"],
@@ -94,6 +112,46 @@ CONSOLE_ANSWER = {
 def novnc_dir(debian: Path = DEBIAN_NOVNC, local: Path = LOCAL_NOVNC) -> Path:
     """Where noVNC's files are: Debian's package, else the tree's own ``static/novnc``."""
     return debian if (debian / "core" / "rfb.js").is_file() else local
+
+
+def novnc_app(directory: Path) -> ASGIApp:
+    """noVNC's client modules under ``directory`` (``NOVNC_PARTS`` only), with the UI's
+    security headers; anything else, noVNC's own HTML apps included, is a 404."""
+    parts = [Mount(f"/{part}", app=StaticFiles(directory=directory / part, check_dir=False)) for part in NOVNC_PARTS]
+    return SecurityHeaders(Router(parts), NOVNC_HEADERS)
+
+
+def merged_csp(base: str, extra: Mapping[str, str]) -> str:
+    """The Content-Security-Policy ``base`` with ``extra``'s directives added (or, for a
+    directive both name, ``extra``'s value)."""
+    directives: dict[str, str] = {}
+    for part in base.split(";"):
+        name, _, value = part.strip().partition(" ")
+        if name:
+            directives[name.lower()] = value.strip()
+    directives.update(extra)
+    return "; ".join(f"{name} {value}".rstrip() for name, value in directives.items())
+
+
+# the UI's headers (PAGE_HEADERS, set by ``page``) with these on top
+CONSOLE_PAGE_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": merged_csp(PAGE_HEADERS["Content-Security-Policy"], CONSOLE_CSP),
+}
+
+
+class PeerRefused(RfbError):
+    """The node that runs the VM refused the session (close code 1008): the browser is
+    refused alike."""
+
+
+def console_view(vm: dict[str, Any], admin: bool) -> dict[str, Any]:
+    """What the console page and its callers get of a VM record: never its VNC password.
+    Admins also see the node it runs on."""
+    view = {"id": vm["id"], "name": vm["name"]}
+    if admin:
+        view["node"] = vm.get("node")
+    return view
 
 
 def console_target(state: Any, grant: Grant, node: str | None = None) -> dict[str, Any]:
@@ -129,24 +187,35 @@ def local_vnc_host(listen: str) -> str:
 class ConsoleService:
     """One node's console: its tokens, and the connections to VNC servers."""
 
-    def __init__(self, runtime: NodeRuntime, tokens: ConsoleTokens | None = None, recheck_s: float = RECHECK_S) -> None:
+    def __init__(
+        self, runtime: NodeRuntime, tokens: ConsoleTokens | None = None, recheck_s: float = RECHECK_S, sessions: ConsoleSessions | None = None,
+    ) -> None:
         self.runtime = runtime
         self.recheck_s = recheck_s
         self.tokens = tokens if tokens is not None else ConsoleTokens()
+        self.sessions = sessions if sessions is not None else ConsoleSessions()
 
     def issue(self, principal: Principal, ref: str) -> tuple[dict[str, Any], str, Grant]:
-        """(the VM, a token, its grant) for a user who may see the VM and whose VM runs."""
+        """(the VM's ``console_view``, a token, its grant) for a user who may see the VM,
+        whose VM runs and who has a session slot left on this node (else a 429)."""
         if principal.kind != "user":
             raise CloudError("forbidden", "consoles are opened by users")
         with self.runtime.raft.lock:
             vm = find_owned(self.runtime.raft.state.vms, principal, ref, "VM")
         runnable_console(vm)
         try:
+            self.sessions.check(principal.name, vm["id"], vm["name"])
             token, grant = self.tokens.issue(principal.name, vm["id"], time.time())
-        except TokenRefused as exc:
+        except (TokenRefused, SessionRefused) as exc:
             raise CloudError("rate_limited", str(exc)) from None
         log.info("console: token issued to %s for VM %s (%s)", principal.name, vm["id"], vm["name"])
-        return vm, token, grant
+        return console_view(vm, principal.is_admin), token, grant
+
+    def shown(self, principal: Principal, ref: str) -> dict[str, Any]:
+        """The ``console_view`` of a VM the user may see; ``CloudError`` (404) when there is
+        none (any more)."""
+        with self.runtime.raft.lock:
+            return console_view(find_owned(self.runtime.raft.state.vms, principal, ref, "VM"), principal.is_admin)
 
     async def open_vnc(self, vm: dict[str, Any]) -> ByteStream:
         """A byte stream to the VM's VNC server, logged in with the VM's password up to
@@ -162,7 +231,7 @@ class ConsoleService:
             raise RfbError(f"the VM's VNC server on {vm['node']} does not answer ({exc.__class__.__name__})") from None
         try:
             await login_within(upstream, vm.get("vnc_password"))
-        except RfbError:
+        except BaseException:  # a refusal, or this task cancelled: the connection goes either way
             await upstream.close()
             raise
         return upstream
@@ -192,61 +261,72 @@ class ConsoleService:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise RfbError(f"node {node} could not be reached ({exc.__class__.__name__})") from None
         try:
-            first = await asyncio.wait_for(connection.recv(), HANDSHAKE_TIMEOUT_S + PEER_OPEN_TIMEOUT_S)
-        except ConnectionClosed as exc:
-            reason = exc.rcvd.reason if exc.rcvd is not None and exc.rcvd.reason else "closed"
-            raise RfbError(f"node {node}: {reason}") from None
-        except TimeoutError:
+            try:
+                first = await asyncio.wait_for(connection.recv(), HANDSHAKE_TIMEOUT_S + PEER_OPEN_TIMEOUT_S)
+            except ConnectionClosed as exc:
+                reason = exc.rcvd.reason if exc.rcvd is not None and exc.rcvd.reason else "closed"
+                refused = exc.rcvd is not None and exc.rcvd.code == CLOSE_REFUSED
+                raise (PeerRefused if refused else RfbError)(f"node {node}: {reason}") from None
+            except TimeoutError:
+                raise RfbError(f"node {node} did not reach the VM's console in time") from None
+            if first != PEER_READY:
+                raise RfbError(f"node {node} answered the console connection with something unexpected")
+        except BaseException:  # a refusal, or this task cancelled: the connection goes either way
             await connection.close()
-            raise RfbError(f"node {node} did not reach the VM's console in time") from None
-        if first != PEER_READY:
-            await connection.close()
-            raise RfbError(f"node {node} answered the console connection with something unexpected")
+            raise
         return PeerStream(connection)
 
     async def proxy(self, websocket: WebSocket) -> None:
-        """``/console/ws``: token → the VM → VNC login → relay until either side ends."""
+        """``/console/ws``: token → the VM → a session slot → VNC login → relay until either
+        side ends. The slot and the VNC connection are given back on every way out."""
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         browser = BrowserStream(websocket)
+        client = websocket.client.host if websocket.client else "-"
         try:
             grant = self.tokens.consume(websocket.query_params.get("token", ""), time.time(), websocket.query_params.get("vm"))
             with self.runtime.raft.lock:
                 vm = console_target(self.runtime.raft.state, grant)
-        except TokenRefused as exc:
-            audit.warning("console: refused a websocket from %s: %s", websocket.client.host if websocket.client else "-", exc)
+            slot = self.sessions.open(grant.user, vm["id"], vm["name"])
+        except (TokenRefused, SessionRefused) as exc:
+            audit.warning("console: refused a websocket from %s: %s", client, exc)
             await browser.close(CLOSE_REFUSED, str(exc))
             return
         upstream: ByteStream | None = None
+        code, ended = CLOSE_UNAVAILABLE, "the console session ended unexpectedly"
         try:
             upstream = await self.open_vnc(vm)
             await greet_within(browser)
+            audit.info("console: %s opened the console of VM %s on %s from %s", grant.user, vm["id"], vm["node"], client)
+            code, ended = CLOSE_NORMAL, await self.watch(relay(browser, upstream), grant, vm["node"])
         except RfbError as exc:
             log.warning("console: VM %s for %s: %s", vm["id"], grant.user, exc)
-            await browser.close(CLOSE_UNAVAILABLE, str(exc))
-            if upstream is not None:
-                await upstream.close()
-            return
-        audit.info(
-            "console: %s opened the console of VM %s on %s from %s", grant.user, vm["id"], vm["node"], websocket.client.host if websocket.client else "-",
-        )
-        session = asyncio.create_task(relay(browser, upstream))
-        ended = "the console session ended"
+            code, ended = (CLOSE_REFUSED if isinstance(exc, PeerRefused) else CLOSE_UNAVAILABLE), str(exc)
+        finally:
+            slot.close()
+            try:
+                if upstream is not None:
+                    await upstream.close()
+            finally:
+                await browser.close(code, ended)
+
+    async def watch(self, session: Coroutine[Any, Any, None], grant: Grant, node: str) -> str:
+        """Run ``session`` (the relay) until it ends or, checked every ``recheck_s``, the
+        grant no longer holds on ``node``; return why the session ended."""
+        task = asyncio.create_task(session)
         try:
-            while not session.done():
-                await asyncio.wait([session], timeout=self.recheck_s)
-                if not session.done():
+            while not task.done():
+                await asyncio.wait([task], timeout=self.recheck_s)
+                if not task.done():
                     try:
                         with self.runtime.raft.lock:
-                            console_target(self.runtime.raft.state, grant, vm["node"])
+                            console_target(self.runtime.raft.state, grant, node)
                     except TokenRefused as exc:
-                        ended = f"the console session ended: {exc}"
-                        break
+                        return f"the console session ended: {exc}"
+            return "the console session ended"
         finally:
-            session.cancel()
-            await asyncio.gather(session, return_exceptions=True)
-            await upstream.close()
-            await browser.close(CLOSE_NORMAL, ended)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def peer_node(self, websocket: WebSocket) -> str | None:
         """The cluster node that signed this websocket request, or None."""
@@ -282,23 +362,34 @@ class ConsoleService:
             await browser.close(CLOSE_REFUSED, f"VM {vm_id} does not run on {self.runtime.config.name}")
             return
         try:
-            upstream = await self.open_vnc(vm)
-        except RfbError as exc:
-            await browser.close(CLOSE_UNAVAILABLE, str(exc))
+            slot = self.sessions.open(None, vm_id, vm["name"])  # counted with this node's own sessions to the VM
+        except SessionRefused as exc:
+            log.warning("console: refused node %s the console of VM %s: %s", caller, vm_id, exc)
+            await browser.close(CLOSE_REFUSED, str(exc))
             return
-        log.info("console: node %s relays the console of VM %s", caller, vm_id)
+        upstream: ByteStream | None = None
+        code, reason = CLOSE_UNAVAILABLE, "the console relay ended unexpectedly"
         try:
+            upstream = await self.open_vnc(vm)
+            log.info("console: node %s relays the console of VM %s", caller, vm_id)
             await websocket.send_text(PEER_READY)
             await relay(browser, upstream)
+            code, reason = CLOSE_NORMAL, ""
+        except RfbError as exc:
+            code, reason = CLOSE_UNAVAILABLE, str(exc)
         finally:
-            await upstream.close()
-            await browser.close()
+            slot.close()
+            try:
+                if upstream is not None:
+                    await upstream.close()
+            finally:
+                await browser.close(code, reason)
 
 
-def routes(api: Api, service: ConsoleService | None = None) -> list[BaseRoute]:
+def routes(api: Api, service: ConsoleService | None = None, novnc: Path | None = None) -> list[BaseRoute]:
     runtime = api.runtime
     service = service or ConsoleService(runtime)
-    novnc = novnc_dir()
+    novnc = novnc if novnc is not None else novnc_dir()
 
     @guarded
     async def vm_console(request: Request) -> Response:
@@ -311,24 +402,24 @@ def routes(api: Api, service: ConsoleService | None = None) -> list[BaseRoute]:
     async def console_page(request: Request) -> Response:
         session = session_of(runtime, request)
         if session is None:
-            return RedirectResponse("/login", status_code=303)
+            return RedirectResponse(login_url(request), status_code=303)
+        ref = request.path_params["id"]
         context: dict[str, Any] = {"vm": None, "token": None, "error": None}
         status = 200
         try:
             if not (novnc / "core" / "rfb.js").is_file():
                 raise CloudError("unavailable", f"the console client (noVNC) is not installed on {runtime.config.name}: scripts/install.sh installs Debian's novnc")
-            vm, token, _ = service.issue(session.principal, request.path_params["id"])
+            vm, token, _ = service.issue(session.principal, ref)
             context.update(vm=vm, token=token)
         except CloudError as exc:
             status, context["error"] = exc.status, exc.message
-            if exc.code == "conflict":
-                with runtime.raft.lock:
-                    context["vm"] = find_owned(runtime.raft.state.vms, session.principal, request.path_params["id"], "VM")
+            if exc.code in ("conflict", "rate_limited"):  # the VM is there: link back to it
+                try:
+                    context["vm"] = service.shown(session.principal, ref)
+                except CloudError as gone:  # deleted since
+                    status, context["error"] = gone.status, gone.message
         response = page(request, session, "console.html", status=status, **context)
-        response.headers.update({
-            "Referrer-Policy": "no-referrer",
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
-        })
+        response.headers.update(CONSOLE_PAGE_HEADERS)
         return response
 
     doc = Doc(
@@ -336,12 +427,13 @@ def routes(api: Api, service: ConsoleService | None = None) -> list[BaseRoute]:
         response=CONSOLE_ANSWER, path_params={"ref": Param("the VM's id, or its name", PATH_PARAM)},
         description="`url` is the websocket of the node that answered (`/console/ws?vm=…&token=…`); open it within 30 s, once. "
         "The proxy logs in to the VM's VNC server itself and offers the client RFB security type None. "
-        "409 when the VM does not run (or its node has not reported its console yet).",
+        "409 when the VM does not run (or its node has not reported its console yet); 429 when the caller has too many "
+        "tokens or open console sessions on this node, or the VM too many open sessions.",
     )
     return [
         ApiRoute("/api/v1/vms/{ref}/console", vm_console, "POST", doc),
         Route("/ui/vms/{id}/console", console_page, methods=["GET"]),
         WebSocketRoute(CONSOLE_WS, service.proxy),
         WebSocketRoute("/internal/v1/vms/{id}/vnc", service.serve_peer),
-        Mount("/static/novnc", app=StaticFiles(directory=novnc, check_dir=False), name="novnc"),
+        Mount("/static/novnc", app=novnc_app(novnc), name="novnc"),
     ]

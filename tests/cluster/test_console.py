@@ -6,7 +6,8 @@ noVNC does, security type None) gets a one-time token from node1 and reads the g
 screen through node1's proxy and node2's cloudd, which logged in to the guest's VNC with
 its password (node2's log says it relayed). Then the refusals: a token used
 twice, a token of the other node, someone else's VM, a stopped VM, the node-to-node leg
-opened by anyone but a node.
+opened by anyone but a node, a fifth session to one VM (node2 counts the sessions node1
+relays from it with its own).
 
 Hosts 127.0.0.210-211, VNC ports 7700-7719: no other test uses them.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,20 @@ def read_screen(url: str) -> dict[str, Any]:
         return {"width": width, "height": height, "name": name, "colours": len(pixels)}
 
 
+def opened(url: str, stack: ExitStack) -> ClientConnection:
+    """A session through the proxy's handshake up to ServerInit, kept open in ``stack``."""
+    ws = stack.enter_context(connect(url, proxy=None, max_size=None, open_timeout=10))
+    buf = bytearray()
+    assert recv_exactly(ws, 12, buf) == b"RFB 003.008\n"
+    ws.send(b"RFB 003.008\n")
+    recv_exactly(ws, 2, buf)
+    ws.send(b"\x01")
+    assert recv_exactly(ws, 4, buf) == b"\0\0\0\0"
+    ws.send(b"\x01")
+    recv_exactly(ws, 4, buf)  # the screen's size: ServerInit came, the session is open
+    return ws
+
+
 def closed_reason(url: str) -> tuple[int, str]:
     """Open the websocket; the server must close it before sending anything."""
     with connect(url, proxy=None, open_timeout=10) as ws, pytest.raises(ConnectionClosed) as closed:
@@ -202,3 +218,18 @@ def test_only_cluster_nodes_open_the_node_to_node_leg(world: tuple[ConsoleCluste
         with pytest.raises(InvalidStatus) as refused:
             connect(url, proxy=None, additional_headers=headers, open_timeout=10)
         assert refused.value.response.status_code == 403, headers
+
+
+def test_a_vm_has_four_console_sessions_at_most_whichever_nodes_serve_them(world: tuple[ConsoleCluster, dict[str, Any]]) -> None:
+    cluster, w = world
+    full = "VM screen has 4 console sessions open; close one to open another"
+    with cluster.api("node2", w["tokens"]["vera"]) as via_node2:
+        with ExitStack() as sessions:
+            for client in (w["vera"], w["vera"], via_node2, via_node2):  # two relayed from node2 by node1, two on node2
+                opened(console(client, w["vm"]).json()["url"], sessions)
+            assert closed_reason(console(w["vera"], w["vm"]).json()["url"]) == (1008, f"node node2: {full}")
+            refused = console(via_node2, w["vm"])
+            assert refused.status_code == 429 and refused.json()["error"]["message"] == full
+        # the sessions end: their slots are free on both nodes
+        wait_for(lambda: console(via_node2, w["vm"]).status_code == 200, 10, what="node2's slots given back")
+    assert read_screen(console(w["vera"], w["vm"]).json()["url"])["width"] > 0

@@ -98,7 +98,8 @@ def test_the_console_page_shows_the_guests_screen(world: tuple[ConsoleCluster, d
         response = page.goto(f"{url}/ui/vms/{w['vm']}/console")
         assert response is not None and response.status == 200
         assert password not in page.content()
-        assert "no-referrer" == response.headers["referrer-policy"] and "connect-src 'self'" in response.headers["content-security-policy"]
+        policy = response.headers["content-security-policy"]
+        assert "no-referrer" == response.headers["referrer-policy"] and "connect-src 'self'" in policy and "object-src 'none'" in policy
         expect(page.locator("#console-status")).to_have_attribute("data-state", "connected")
         expect(page.locator("#console-status")).to_have_text("Connected")
         shown = wait_for(lambda: (c := page.evaluate(CANVAS_COLOURS)) and c["colours"] > 1 and c, 60, interval=1, what="the guest's screen on the canvas")
@@ -133,13 +134,14 @@ def test_someone_elses_or_a_stopped_vm_has_no_console_page(world: tuple[ConsoleC
     context = chromium.new_context()
     page = context.new_page()
     try:
-        response = page.goto(f"{url}/ui/vms/{w['vm']}/console")
-        assert response is not None and page.url.endswith("/login")  # no session: the login page
+        console_url = f"{url}/ui/vms/{w['vm']}/console"
+        response = page.goto(console_url)
+        assert response is not None and page.url == f"{url}/login?next=%2Fui%2Fvms%2F{w['vm']}%2Fconsole"  # no session: the login page
         page.fill("input[name=username]", "bob")
         page.fill("input[name=password]", "bob-pass-1")
-        page.click("button[type=submit]")
-        page.wait_for_url(re.compile(r"/ui/vms$"))
-        response = page.goto(f"{url}/ui/vms/{w['vm']}/console")
+        with page.expect_navigation(url=console_url) as back:  # and back to the console asked for
+            page.click("button[type=submit]")
+        response = back.value
         assert response is not None and response.status == 404
         assert page.locator("#console-screen").count() == 0 and "not found" in page.locator("#console-error").inner_text()
     finally:

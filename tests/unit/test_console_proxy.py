@@ -9,13 +9,14 @@ for who may open it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,11 +25,21 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
+from websockets.sync.server import ServerConnection, serve
 
 from cloudd.security import sign_node_request
 from cloudd.web.console import CONSOLE_WS, ConsoleService
-from cloudd.web.console_rfb import BufferedStream, RfbError, TcpStream, handshake, relay
+from cloudd.web.console_rfb import (
+    BufferedStream,
+    ByteStream,
+    RfbError,
+    TcpStream,
+    handshake,
+    relay,
+)
+from cloudd.web.console_sessions import ConsoleSessions
 from cloudd.web.console_tokens import ConsoleTokens
 from tests.unit.test_compute_commands import cluster_with_hypervisor, new_vm
 
@@ -227,8 +238,12 @@ def test_a_server_that_is_not_vnc_or_silent_is_a_clear_error() -> None:
 # --- the websocket endpoints, through Starlette's test client ---------------------------------
 
 
-def node_app(vnc_port: int, tokens: ConsoleTokens | None = None, recheck_s: float = 5.0) -> tuple[TestClient, ConsoleService, Any]:
-    """Node n1 of a replica where bob's VM vm1 runs on n1 with its VNC on ``vnc_port``."""
+def node_app(
+    vnc_port: int, tokens: ConsoleTokens | None = None, recheck_s: float = 5.0, sessions: ConsoleSessions | None = None,
+    service_type: type[ConsoleService] = ConsoleService, wrap: Callable[[ASGIApp], ASGIApp] = lambda app: app, peer: str | None = None,
+) -> tuple[TestClient, ConsoleService, Any]:
+    """Node n1 of a replica where bob's VM vm1 runs on n1 with its VNC on ``vnc_port``
+    (node n2's cloudd answers at ``peer``)."""
     replica = cluster_with_hypervisor()
     new_vm(replica, "vm1", vnc_password=PASSWORD)
     new_vm(replica, "vm2")
@@ -239,11 +254,11 @@ def node_app(vnc_port: int, tokens: ConsoleTokens | None = None, recheck_s: floa
     runtime = SimpleNamespace(
         raft=SimpleNamespace(lock=threading.RLock(), state=replica.state),
         config=SimpleNamespace(name="n1", compute=SimpleNamespace(vnc_listen="127.0.0.1")),
-        secret=SECRET, api_addr_of=lambda name: None,
+        secret=SECRET, api_addr_of=lambda name: peer if name == "n2" else None,
     )
-    service = ConsoleService(runtime, tokens, recheck_s)  # type: ignore[arg-type]
+    service = service_type(runtime, tokens, recheck_s, sessions)  # type: ignore[arg-type]
     app = Starlette(routes=[WebSocketRoute(CONSOLE_WS, service.proxy), WebSocketRoute("/internal/v1/vms/{id}/vnc", service.serve_peer)])
-    return TestClient(app), service, replica
+    return TestClient(wrap(app)), service, replica
 
 
 def refusal(client: TestClient, url: str, **kw: Any) -> WebSocketDisconnect:
@@ -379,3 +394,139 @@ def test_the_internal_stream_says_why_the_vms_vnc_refused_this_node() -> None:
         assert closed.code == 1011 and "refused its password" in closed.reason
     finally:
         server.close()
+
+
+# --- how many sessions stay open -------------------------------------------------------------
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def open_session(client: TestClient, service: ConsoleService, user: str, vm: str, stack: contextlib.ExitStack) -> Any:
+    """A websocket through the handshake to the guest's first bytes, kept open in ``stack``."""
+    token, _ = service.tokens.issue(user, vm, time.time())
+    ws = stack.enter_context(client.websocket_connect(f"{CONSOLE_WS}?token={token}"))
+    browser_login(ws)
+    received = b""
+    while not received.endswith(b"FRAME"):
+        received += ws.receive_bytes()
+    return ws
+
+
+def test_sessions_are_capped_per_user_and_per_vm_and_each_end_frees_its_slot(vnc: FakeVnc) -> None:
+    client, service, replica = node_app(vnc.port, sessions=ConsoleSessions(max_per_user=3, max_per_vm=2))
+    replica.state.vms["vm2"]["vnc_password"] = PASSWORD  # the fake VNC server is both VMs'
+    sessions = service.sessions
+    with client, contextlib.ExitStack() as bobs:
+        open_session(client, service, "bob", "vm1", bobs)
+        second = bobs.enter_context(contextlib.ExitStack())
+        open_session(client, service, "bob", "vm1", second)
+        closed = refusal(client, f"{CONSOLE_WS}?token={service.tokens.issue('bob', 'vm1', time.time())[0]}")
+        assert (closed.code, closed.reason) == (1008, "VM web-vm1 has 2 console sessions open; close one to open another")
+        closed = refusal(client, f"{CONSOLE_WS}?token={service.tokens.issue('admin', 'vm1', time.time())[0]}")
+        assert closed.code == 1008 and "VM web-vm1 has 2" in closed.reason  # the VM's limit counts every user
+        open_session(client, service, "bob", "vm2", bobs)
+        closed = refusal(client, f"{CONSOLE_WS}?token={service.tokens.issue('bob', 'vm2', time.time())[0]}")
+        assert (closed.code, closed.reason) == (1008, "you have 3 console sessions open on this node; close one to open another")
+        assert (dict(sessions.by_user), dict(sessions.by_vm)) == ({"bob": 3}, {"vm1": 2, "vm2": 1})
+
+        second.close()  # the browser leaves: its slot is free again
+        wait_until(lambda: sessions.by_vm["vm1"] == 1)
+        open_session(client, service, "admin", "vm1", bobs)
+        assert (dict(sessions.by_user), dict(sessions.by_vm)) == ({"bob": 2, "admin": 1}, {"vm1": 2, "vm2": 1})
+    wait_until(lambda: not sessions.by_user and not sessions.by_vm)
+    assert len(vnc.logins) == 4  # a refused session never reached the VM's VNC server
+
+
+def test_a_session_that_fails_or_ends_early_gives_its_slot_back() -> None:
+    server = FakeVnc(password="other-pw")
+    try:
+        client, service, replica = node_app(server.port, sessions=ConsoleSessions(max_per_user=1, max_per_vm=1), recheck_s=0.05)
+        with client:
+            for _ in range(3):  # the VNC server refuses: 1011 every time, never "too many sessions"
+                closed = refusal(client, f"{CONSOLE_WS}?token={service.tokens.issue('bob', 'vm1', time.time())[0]}")
+                assert closed.code == 1011 and "refused its password" in closed.reason
+                assert not service.sessions.by_user and not service.sessions.by_vm
+            server.password = PASSWORD
+            for _ in range(2):  # the user loses the VM: the session ends, its slot is free
+                with contextlib.ExitStack() as stack:
+                    ws = open_session(client, service, "bob", "vm1", stack)
+                    replica.state.users["bob"]["disabled"] = True
+                    with pytest.raises(WebSocketDisconnect):
+                        while True:
+                            ws.receive_bytes()
+                wait_until(lambda: not service.sessions.by_user and not service.sessions.by_vm)
+                replica.state.users["bob"]["disabled"] = False
+    finally:
+        server.close()
+
+
+def test_the_internal_stream_counts_against_the_vms_limit(vnc: FakeVnc) -> None:
+    client, service, _ = node_app(vnc.port, sessions=ConsoleSessions(max_per_user=8, max_per_vm=2))
+    path = "/internal/v1/vms/vm1/vnc"
+    with client, contextlib.ExitStack() as stack:
+        open_session(client, service, "bob", "vm1", stack)  # a browser on this node
+        relayed = stack.enter_context(client.websocket_connect(path, headers=signed(path)))  # and one through node n2
+        assert relayed.receive_text() == "ready"
+        closed = refusal(client, path, headers=signed(path))
+        assert (closed.code, closed.reason) == (1008, "VM web-vm1 has 2 console sessions open; close one to open another")
+        assert dict(service.sessions.by_vm) == {"vm1": 2} and dict(service.sessions.by_user) == {"bob": 1}
+    wait_until(lambda: not service.sessions.by_vm)
+
+
+def test_a_refusal_of_the_node_that_runs_the_vm_refuses_the_browser_alike(vnc: FakeVnc) -> None:
+    reason = "VM web-vm1 has 4 console sessions open; close one to open another"
+
+    def refuse(connection: ServerConnection) -> None:
+        connection.close(1008, reason)
+
+    with serve(refuse, "127.0.0.1", 0) as peer:
+        threading.Thread(target=peer.serve_forever, daemon=True).start()
+        host, port = peer.socket.getsockname()[:2]
+        client, service, replica = node_app(vnc.port, peer=f"{host}:{port}")
+        replica.state.vms["vm1"]["node"] = "n2"
+        with client:
+            closed = refusal(client, f"{CONSOLE_WS}?token={service.tokens.issue('bob', 'vm1', time.time())[0]}")
+        peer.shutdown()
+    assert (closed.code, closed.reason) == (1008, f"node n2: {reason}")
+    assert not service.sessions.by_vm and vnc.logins == []
+
+
+class Recording(ConsoleService):
+    """Keeps every upstream stream it opens."""
+
+    opened: list[ByteStream]
+
+    async def open_vnc(self, vm: dict[str, Any]) -> ByteStream:
+        stream = await super().open_vnc(vm)
+        self.opened = [*getattr(self, "opened", []), stream]
+        return stream
+
+
+def failing_sends(app: ASGIApp) -> ASGIApp:
+    """The app, but every websocket frame it sends fails (a browser gone mid-send)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        async def broken(message: Message) -> None:
+            if message["type"] == "websocket.send":
+                raise RuntimeError("the websocket send failed")
+            await send(message)
+
+        await app(scope, receive, broken)
+
+    return wrapped
+
+
+def test_the_vnc_connection_closes_when_the_browser_send_raises(vnc: FakeVnc) -> None:
+    client, service, _ = node_app(vnc.port, service_type=Recording, wrap=failing_sends)
+    token, _ = service.tokens.issue("bob", "vm1", time.time())
+    with client, pytest.raises(RuntimeError, match="send failed"), client.websocket_connect(f"{CONSOLE_WS}?token={token}") as ws:
+        ws.receive_bytes()
+    assert vnc.logins == ["b'RFB 003.008\\n' ok"]  # the proxy logged in, then could not greet the browser
+    [upstream] = service.opened  # type: ignore[attr-defined]
+    assert isinstance(upstream, TcpStream) and upstream.writer.is_closing()
+    assert not service.sessions.by_user and not service.sessions.by_vm
