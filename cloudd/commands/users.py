@@ -89,29 +89,51 @@ def user_password_set(state: State, ctx: Context, args: dict[str, Any]) -> dict[
     volatile=("expires_at",),
 )
 def token_create(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Store an API or session token's hash for a user."""
+    """Store an API or session token's hash for a user.
+
+    A user holds at most ``MAX_TOKENS_PER_USER`` unexpired tokens. At that cap a new
+    login session takes the place of the user's oldest one (earliest ``created_at``, then
+    lowest id), so logging in always works and the cap still bounds what a user holds;
+    API tokens are made on purpose and never evicted: a new one at the cap is a 409, and
+    so is a login when every token held is an API token.
+    """
     get_user(state, args["user"])
     if args["token_id"] in state.tokens:
         raise CloudError("conflict", "token id already exists")
     if args["expires_at"] is not None and args["expires_at"] <= ctx.ts:
         raise CloudError("invalid", "expires_at must be in the future")
+    kind = args.get("kind", "api")
+
     def expired(tok: dict[str, Any]) -> bool:
         return tok["expires_at"] is not None and tok["expires_at"] <= ctx.ts
 
-    if sum(1 for tok in state.tokens.values() if tok["user"] == args["user"] and not expired(tok)) >= MAX_TOKENS_PER_USER:
-        raise CloudError("conflict", f"user {args['user']} already has {MAX_TOKENS_PER_USER} tokens")
-    for token_id in [t for t, tok in state.tokens.items() if expired(tok)]:
+    held = [(tok["created_at"], t, tok["kind"]) for t, tok in state.tokens.items() if tok["user"] == args["user"] and not expired(tok)]
+    over = len(held) + 1 - MAX_TOKENS_PER_USER
+    evicted: list[str] = []
+    if over > 0:
+        sessions = sorted((created, t) for created, t, held_kind in held if held_kind == "session")
+        if kind != "session" or len(sessions) < over:
+            raise CloudError(
+                "conflict",
+                f"user {args['user']} already has {MAX_TOKENS_PER_USER} tokens"
+                + (": revoke an API token first" if kind == "session" else " (login sessions make room for new logins, API tokens do not): revoke one first"),
+            )
+        evicted = [t for _, t in sessions[:over]]
+    for token_id in [t for t, tok in state.tokens.items() if expired(tok)] + evicted:
         del state.tokens[token_id]
     state.tokens[args["token_id"]] = {
         "id": args["token_id"],
         "user": args["user"],
         "secret_sha256": args["secret_sha256"],
         "name": args["name"],
-        "kind": args.get("kind", "api"),
+        "kind": kind,
         "created_at": ctx.ts,
         "expires_at": args["expires_at"],
     }
-    return {"token_id": args["token_id"], "user": args["user"], "expires_at": args["expires_at"]}
+    result: dict[str, Any] = {"token_id": args["token_id"], "user": args["user"], "expires_at": args["expires_at"]}
+    if evicted:
+        result["sessions_ended"] = evicted
+    return result
 
 
 @command("token.revoke", {"token_id": OBJECT_ID, "user": Field("str", pattern=USER_NAME.pattern, required=False)}, target="token_id")

@@ -19,16 +19,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("cloudd.audit")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INDEX_HEADER = b"x-cloudd-index"
+# the cloudd API and the OpenStack services (cloudd.web.openstack.PREFIXES)
+AUDITED = ("/api", "/identity", "/compute", "/image", "/network", "/volume")
+
+
+def audited(path: str) -> bool:
+    """Whether ``path`` is under one of the ``AUDITED`` prefixes (whole path segments)."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in AUDITED)
 
 
 class RefusedWriteAudit:
-    """ASGI middleware: log refused or failed writes to ``/api/`` (no log index in the answer)."""
+    """ASGI middleware: log refused or failed writes to the APIs (``AUDITED``: a status of
+    400 or more and no log index in the answer), failed Keystone logins among them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in WRITES or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http" or scope["method"] not in WRITES or not audited(scope["path"]):
             await self.app(scope, receive, send)
             return
         seen: dict[str, Any] = {}

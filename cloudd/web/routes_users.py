@@ -37,8 +37,13 @@ TOKEN_CREATE = {"name": Field("str", max_len=64), "ttl_seconds": Field("num", mi
 _DUMMY_HASH = hash_password("cloudd-dummy-password")
 
 
+# what /api/v1/users shows of a user record: never the password hash, and not the
+# keypairs (up to 100 keys each; a user's own are at /compute/v2.1/os-keypairs)
+USER_FIELDS = ("name", "role", "disabled", "pool", "created_at", "updated_at", "password_changed_at")
+
+
 def user_view(user: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in user.items() if k != "password_hash"}
+    return {k: user[k] for k in USER_FIELDS if k in user}
 
 
 def token_view(token: dict[str, Any]) -> dict[str, Any]:
@@ -62,8 +67,9 @@ async def issue_token(api: Api, request: Request, principal: Principal | None, u
     return {"token": str(token), "token_id": token.token_id, "user": user, "expires_at": expires_at, "name": name}, index
 
 
-async def password_login_indexed(api: Api, request: Request, username: str, password: str) -> tuple[dict[str, Any], int]:
-    """Check a password (rate-limited per user and address) and issue a session token."""
+async def password_checked(api: Api, request: Request, username: str, password: str) -> dict[str, Any]:
+    """The record of ``username`` once ``password`` is checked against it (rate-limited
+    per user and address); 401 for a wrong password or an unknown or disabled user."""
     runtime = api.runtime
     now = time.time()
     addr = request.client.host if request.client else "?"
@@ -80,6 +86,13 @@ async def password_login_indexed(api: Api, request: Request, username: str, pass
     if not valid or user is None or user.get("disabled"):
         raise CloudError("unauthenticated", "wrong username or password")
     api.login_limiter.succeed(keys)
+    return user
+
+
+async def password_login_indexed(api: Api, request: Request, username: str, password: str) -> tuple[dict[str, Any], int]:
+    """Check a password and issue a session token (at the user's token cap it replaces
+    their oldest session: ``token.create``)."""
+    user = await password_checked(api, request, username, password)
     data, index = await issue_token(api, request, None, user["name"], "login", "session", SESSION_TTL_S)
     data["role"] = user["role"]
     return data, index
@@ -164,7 +177,7 @@ def routes(api: Api) -> list[ApiRoute]:
         require_admin(principal)
         body = await read_json(request, USER_UPDATE)
         result, index = await api.commit(request, principal, "user.update", {"name": request.path_params["name"], **body})
-        return json_response(result, index=index)
+        return json_response(user_view(result), index=index)
 
     @guarded
     async def users_password(request: Request) -> Response:
@@ -238,7 +251,8 @@ def routes(api: Api) -> list[ApiRoute]:
     return [
         ApiRoute("/api/v1/auth/login", login, "POST", Doc(
             "Log in with a password: a session token (12 h), also set as the cloudd_session cookie", "public", "auth", body=LOGIN, response="Session",
-            description="10 failures per 5 minutes per user or per address: 429 until the window passes.",
+            description="10 failures per 5 minutes per user or per address: 429 until the window passes. A user holds at most 100 unexpired "
+            "tokens: at that cap a new session replaces the user's oldest session (API tokens are never replaced; 409 if all 100 are API tokens).",
         )),
         ApiRoute("/api/v1/auth/logout", logout, "POST", Doc("Revoke the token this request uses", "user", "auth", response=obj(["logged_out"], logged_out=BOOL))),
         ApiRoute("/api/v1/auth/whoami", whoami, "GET", Doc("Who the credentials belong to", "user", "auth", response="Whoami", fresh=False)),
@@ -262,7 +276,10 @@ def routes(api: Api) -> list[ApiRoute]:
             "Your tokens (login sessions and API tokens)", "user", "tokens", response="Token", paged=True,
             query={"all": Param("`true`: everyone's tokens (admins; ignored for users)")},
         )),
-        ApiRoute("/api/v1/tokens", tokens_create, "POST", Doc("Create an API token; its secret is shown once", "user", "tokens", body=TOKEN_CREATE, response="NewToken", status=201)),
+        ApiRoute("/api/v1/tokens", tokens_create, "POST", Doc(
+            "Create an API token; its secret is shown once", "user", "tokens", body=TOKEN_CREATE, response="NewToken", status=201,
+            description="409 when the user already holds 100 unexpired tokens (sessions and API tokens together).",
+        )),
         ApiRoute("/api/v1/tokens/{token_id}", tokens_revoke, "DELETE", Doc("Revoke a token", "owner", "tokens", response=obj(["token_id"], token_id=STR))),
         ApiRoute("/api/v1/events", events_list, "GET", Doc(
             "Audit events, newest first (a user: the ones they caused)", "user", "events", response="Event", paged=True,

@@ -55,8 +55,10 @@ class FakeProposer:
         raw = make_command(op, args, request_id or secrets.token_hex(8), time.time(), actor)
         with self.raft.lock:
             outcome = self.raft.replica.apply(raw)
-        if "error" in outcome:
-            raise CloudError.from_dict(outcome["error"])
+        if "error" in outcome:  # refused by the command, but in the log (as the real proposer says)
+            error = CloudError.from_dict(outcome["error"])
+            error.index = outcome["index"]
+            raise error
         return outcome["result"], outcome["index"]
 
     async def wait_applied(self, index: int, timeout_s: float = 5.0) -> None:
@@ -89,8 +91,8 @@ class Cloud:
 
     def __init__(self) -> None:
         self.replica = cloud()
-        raft = FakeRaft(self.replica)
-        runtime = SimpleNamespace(raft=raft, proposer=FakeProposer(raft), config=SimpleNamespace(name="n1"), secret="s" * 32)
+        self.raft = raft = FakeRaft(self.replica)
+        self.runtime = runtime = SimpleNamespace(raft=raft, proposer=FakeProposer(raft), config=SimpleNamespace(name="n1"), secret="s" * 32)
         self.app = Starlette(routes=openstack.routes(Api(runtime)))  # type: ignore[arg-type]
 
     @property
@@ -105,13 +107,13 @@ class Cloud:
 
         return asyncio.run(send())
 
-    def token(self, user: str, expires_in: float | None = None) -> str:
+    def token(self, user: str, expires_in: float | None = None, kind: str = "session") -> str:
         """A token stored as ``token.create`` stores it (optionally expiring soon)."""
         token = new_token(TOKEN_PREFIX)
         now = time.time()
         self.replica.ok("token.create", {
             "token_id": token.token_id, "user": user, "secret_sha256": sha256_hex(token.secret), "name": "test",
-            "expires_at": None if expires_in is None else now + expires_in, "kind": "session",
+            "expires_at": None if expires_in is None else now + expires_in, "kind": kind,
         }, ts=now)
         return str(token)
 

@@ -4,10 +4,14 @@ authorization between users, quotas, and bad input (a 4xx that changes nothing).
 from __future__ import annotations
 
 import base64
+import threading
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
+from cloudd.web.openstack import compute
 from cloudd.web.openstack.compute_extra import generated_pair
 from tests.openstack.fake import HOST, NET, Cloud
 
@@ -65,7 +69,7 @@ def test_create_show_list_and_the_status_of_each_lifecycle_state(cloud: Cloud) -
     assert (vm["owner"], vm["flavor"], vm["image"], vm["user_data"]) == ("alice", "tiny", "img1", "#cloud-config\n")
     show = cloud.request("GET", f"{SERVERS}/{server_id}", token).json()["server"]
     assert show["status"] == "BUILD" and show["OS-EXT-STS:task_state"] == "scheduling"
-    assert show["image"]["id"] == "img1" and show["flavor"]["id"] == "tiny" and show["tenant_id"] == "alice" and show["user_id"] == "alice"
+    assert show["image"]["id"] == "img1" and show["flavor"]["id"] == "tiny" and show["tenant_id"] == "user-alice" and show["user_id"] == "alice"
     assert show["addresses"]["public"][0]["addr"].startswith("192.0.2.")
     placed(cloud, server_id)
     show = cloud.request("GET", f"{SERVERS}/{server_id}", token).json()["server"]
@@ -296,3 +300,128 @@ def test_a_client_request_id_names_each_server_of_a_multi_create(cloud: Cloud) -
     assert reply.status_code == 202, reply.text
     assert sorted(v["name"] for v in cloud.state.vms.values()) == ["pair-1", "pair-2"]
     assert {"client-req-1", "client-req-1-2"} <= set(cloud.state.requests)
+
+
+
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("web", ["web-1", "web-2", "web.3"]),
+        ("^web", ["web-1", "web-2", "web.3"]),
+        ("1$", ["db1", "web-1"]),
+        ("^db1$", ["db1"]),
+        (r"^web\-1$", ["web-1"]),  # re.escape's form
+        (r"web\.3", ["web.3"]),
+        ("^b1", []),
+        ("", ["db1", "web-1", "web-2", "web.3"]),
+    ],
+)
+def test_a_name_filter_is_a_literal_part_of_the_name_with_anchors(cloud: Cloud, pattern: str, expected: list[str]) -> None:
+    token = cloud.token("alice")
+    ids = {name: cloud.create_server(token, name).json()["server"]["id"] for name in ("web-1", "web-2", "db1", "old")}
+    cloud.state.vms[ids["old"]]["name"] = "web.3"  # a name from elsewhere (no dots in new ones): the dot is literal
+    reply = cloud.request("GET", f"{SERVERS}/detail", token, params={"name": pattern})
+    assert reply.status_code == 200, reply.text
+    assert sorted(s["name"] for s in reply.json()["servers"]) == expected
+
+
+@pytest.mark.parametrize("pattern", ["(.|.){,99}!", "(?x)(a|a)#\n*b", "(a+)+b", "a.b", "a*", "[ab]", r"\d", "x$y", "^^a", "a\\", "x" * 256])
+def test_a_name_filter_with_regular_expression_syntax_is_a_400_that_says_so(cloud: Cloud, pattern: str) -> None:
+    token = cloud.token("alice")
+    cloud.create_server(token, "web1")
+    reply = cloud.request("GET", SERVERS, token, params={"name": pattern})
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["badRequest"]["message"]
+    assert message.startswith("name filter:") and ("regular expressions are not run here" in message or "at most 255" in message)
+
+
+def test_the_name_filter_runs_without_holding_the_replica(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = cloud.token("alice")
+    for name in ("web1", "web2"):
+        cloud.create_server(token, name)
+    lock = cloud.raft.lock
+    free: list[bool] = []
+
+    def lock_is_free() -> bool:
+        """Whether another thread could take the replica's lock right now."""
+        got: list[bool] = []
+
+        def probe() -> None:
+            got.append(lock.acquire(blocking=False))
+            if got[0]:
+                lock.release()
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return got[0]
+
+    real = compute.name_filter
+
+    def spying(pattern: str | None) -> Callable[[str], bool]:
+        matches = real(pattern)
+
+        def spied(name: str) -> bool:
+            free.append(lock_is_free())
+            return matches(name)
+
+        return spied
+
+    monkeypatch.setattr(compute, "name_filter", spying)
+    reply = cloud.request("GET", f"{SERVERS}/detail", token, params={"name": "web"})
+    assert sorted(s["name"] for s in reply.json()["servers"]) == ["web1", "web2"]
+    assert free == [True, True]
+
+
+@pytest.mark.parametrize(
+    "path, param",
+    [(SERVERS, "limit"), (f"{SERVERS}/detail", "limit"), ("/compute/v2.1/flavors", "limit"), ("/compute/v2.1/flavors/detail", "minRam"),
+     ("/compute/v2.1/flavors", "minDisk"), ("/image/v2/images", "limit"), ("/volume/v3/volumes/detail", "limit")],
+)
+@pytest.mark.parametrize("raw", ["9" * 5000, "1" * 19, "-1", "1e3", "\u0661"])
+def test_numbers_in_queries_are_checked_before_they_are_converted(cloud: Cloud, path: str, param: str, raw: str) -> None:
+    reply = cloud.request("GET", path, cloud.token("alice"), params={param: raw})
+    assert reply.status_code == 400, reply.text
+    assert param in reply.json()["badRequest"]["message"]
+
+
+def test_an_imported_public_key_must_be_one_openssh_key_of_at_most_4_kib(cloud: Cloud) -> None:
+    alice = cloud.token("alice")
+    good = generated_pair()[0]
+    kind, blob, _ = good.split(" ", 2)
+    rsa_blob = base64.b64encode(b"\x00\x00\x00\x07ssh-rsa" + b"\x01" * 300).decode()
+    for name, key in (("comment", f"{kind} {blob} a comment with spaces"), ("bare", f"{kind} {blob}"), ("rsa", f"ssh-rsa {rsa_blob} me@host")):
+        reply = cloud.request("POST", "/compute/v2.1/os-keypairs", alice, json={"keypair": {"name": name, "public_key": key}})
+        assert reply.status_code == 200, (name, reply.text)
+    for bad in (
+        f"{kind} {blob} " + "x" * (4 << 10),  # over 4 KiB
+        f"ssh-rsa {blob}",  # an ed25519 blob labelled RSA
+        f"{kind} {rsa_blob}",
+        f"{kind} {blob}\nssh-rsa {rsa_blob}",  # two keys
+        f"{kind} {blob[:-1]}",  # cut short: not base64
+        f"{kind} AAAA",
+        f"ssh-foo {blob}",
+        f"{kind}  {blob}",
+    ):
+        reply = cloud.request("POST", "/compute/v2.1/os-keypairs", alice, json={"keypair": {"name": "bad", "public_key": bad}})
+        assert reply.status_code == 400, bad
+        assert "Keypair data is invalid" in reply.json()["badRequest"]["message"] or "public_key is longer than 4096" in reply.text, reply.text
+    assert sorted(cloud.state.users["alice"]["keypairs"]) == ["bare", "comment", "rsa"]
+
+
+def test_auto_networks_are_the_callers_own_within_the_pool_lock(cloud: Cloud) -> None:
+    def auto(token: str, name: str) -> httpx.Response:
+        return cloud.request("POST", SERVERS, token, json={"server": {"name": name, "flavorRef": "tiny", "imageRef": "img1", "networks": "auto"}})
+
+    def network_of(reply: httpx.Response) -> str:
+        assert reply.status_code == 202, reply.text
+        return str(cloud.state.ports[cloud.state.vms[reply.json()["server"]["id"]]["ports"][0]]["network"])
+
+    cloud.replica.ok("network.create", {"id": "0000bbbb", "name": "lan", "owner": "alice", "subnet": "10.1.0.0/24"})
+    # an admin may use alice's network, but it is hers: not one to be given without naming it
+    assert network_of(auto(cloud.token("admin"), "adm")) == NET
+    cloud.replica.ok("network.create", {"id": "0000cccc", "name": "dmz", "owner": None, "subnet": "10.2.0.0/24"})
+    assert auto(cloud.token("alice"), "many").status_code == 409
+    # bob's pool is locked to dmz: of the two public networks only that one can be his
+    cloud.replica.ok("pool.update", {"name": "small", "networks": ["dmz"]})
+    assert network_of(auto(cloud.token("bob"), "locked")) == "0000cccc"

@@ -45,8 +45,8 @@ def test_a_password_gives_a_token_with_the_catalog_of_this_node(cloud: Cloud) ->
 
 
 def test_bob_is_scoped_to_his_pool(cloud: Cloud) -> None:
-    reply = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("bob", PASSWORD, {"id": "small"}))
-    assert reply.status_code == 201 and reply.json()["token"]["project"] == {"id": "small", "name": "small", "domain": {"id": "default", "name": "Default"}}
+    reply = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("bob", PASSWORD, {"id": "pool-small"}))
+    assert reply.status_code == 201 and reply.json()["token"]["project"] == {"id": "pool-small", "name": "small", "domain": {"id": "default", "name": "Default"}}
     tokens = set(cloud.state.tokens)
     refused = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("bob", PASSWORD, {"name": "alice", "domain": {"id": "default"}}))
     assert refused.status_code == 401 and "small" in refused.json()["error"]["message"]
@@ -129,3 +129,42 @@ def test_every_route_but_the_version_documents_and_login_needs_a_token(cloud: Cl
                 assert reply.status_code == 401, (method, path, reply.status_code)
                 checked += 1
     assert checked > 30
+
+
+def test_a_keystone_token_lives_an_hour_and_logins_past_the_token_cap_replace_the_oldest_session(cloud: Cloud) -> None:
+    from cloudd.commands.users import MAX_TOKENS_PER_USER
+
+    api_token = cloud.token("alice", kind="api")
+    sessions = [cloud.token("alice") for _ in range(MAX_TOKENS_PER_USER - 1)]
+    oldest = min((t for t in cloud.state.tokens.values() if t["kind"] == "session"), key=lambda t: (t["created_at"], t["id"]))
+    held = set(cloud.state.tokens)
+    wrong_scope = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("alice", PASSWORD, {"id": "pool-small"}))
+    assert wrong_scope.status_code == 401 and set(cloud.state.tokens) == held  # refused before a session could take a place
+    for n in range(3):  # an openstack CLI run is a login: a user's hundredth is no lockout
+        before = time.time()
+        reply = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("alice", PASSWORD))
+        assert reply.status_code == 201, (n, reply.text)
+        record = next(t for t in cloud.state.tokens.values() if reply.headers["X-Subject-Token"].startswith(f"cdt.{t['id']}."))
+        assert (record["kind"], record["name"]) == ("session", "openstack")
+        assert before + 3600 - 5 <= record["expires_at"] <= time.time() + 3600
+        assert sum(1 for t in cloud.state.tokens.values() if t["user"] == "alice") == MAX_TOKENS_PER_USER
+    assert oldest["id"] not in cloud.state.tokens
+    assert cloud.request("GET", "/compute/v2.1/servers", api_token).status_code == 200  # API tokens are never evicted
+    assert cloud.request("GET", "/compute/v2.1/servers", sessions[-1]).status_code == 200
+
+
+def test_project_ids_keep_a_users_own_project_and_a_pool_of_that_name_apart(cloud: Cloud) -> None:
+    from tests.openstack.fake import HASH
+
+    cloud.replica.ok("user.create", {"name": "small", "role": "user", "password_hash": HASH})  # no pool: a project of their own
+    own = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("small", PASSWORD, {"name": "small", "domain": {"id": "default"}}))
+    assert own.status_code == 201 and own.json()["token"]["project"]["id"] == "user-small"
+    pool = cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("bob", PASSWORD, {"name": "small", "domain": {"id": "default"}}))
+    assert pool.status_code == 201 and pool.json()["token"]["project"]["id"] == "pool-small"
+    for wrong in ({"id": "pool-small"}, {"id": "small"}):
+        assert cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("small", PASSWORD, wrong)).status_code == 401, wrong
+    assert cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("bob", PASSWORD, {"id": "small"})).status_code == 401
+    assert cloud.request("POST", "/identity/v3/auth/tokens", json=password_auth("small", PASSWORD, {"id": "user-small"})).status_code == 201
+    token = own.headers["X-Subject-Token"]
+    assert cloud.request("GET", "/identity/v3/auth/projects", token).json()["projects"][0]["id"] == "user-small"
+    assert cloud.request("GET", "/identity/v3/users/small", token).json()["user"]["default_project_id"] == "user-small"

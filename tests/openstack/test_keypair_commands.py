@@ -52,3 +52,16 @@ def test_a_user_has_at_most_100_keypairs_and_they_go_with_the_user() -> None:
     refused(replica, "keypair.create", {"user": "bob", "name": "one-more", "public_key": KEY, "fingerprint": FP}, "quota_exceeded")
     replica.ok("user.delete", {"name": "bob"})
     assert "bob" not in replica.state.users
+
+
+def test_only_one_well_formed_key_of_at_most_4_kib_is_kept() -> None:
+    import base64
+
+    replica = with_users()
+    kind, blob, _ = KEY.split(" ", 2)
+    long_comment = f"{kind} {blob} " + "c" * 4100
+    rsa = "ssh-rsa " + base64.b64encode(b"\x00\x00\x00\x07ssh-rsa" + b"\x01" * 2000).decode()
+    replica.ok("keypair.create", {"user": "alice", "name": "rsa", "public_key": rsa, "fingerprint": FP})
+    for bad in (long_comment, f"ssh-rsa {blob}", f"{kind} {blob}\n{rsa}", f"{kind} {blob[:-1]}", f"{kind} AAAA", "ssh-ed25519 AAAA k", f"x-{kind} {blob}"):
+        refused(replica, "keypair.create", {"user": "alice", "name": "k", "public_key": bad, "fingerprint": FP}, "invalid")
+    assert list(replica.state.users["alice"]["keypairs"]) == ["rsa"]

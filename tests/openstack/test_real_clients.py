@@ -37,7 +37,7 @@ def server_status(cloud: Cloud, token: str, server_id: str) -> str:
 
 def test_the_catalog_names_the_node_that_answered(cloud: Cloud) -> None:
     for node in ("node1", "node3"):
-        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "alice", "password": "alice-pass-1"}}}, "scope": {"project": {"id": "alice"}}}}
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "alice", "password": "alice-pass-1"}}}, "scope": {"project": {"id": "user-alice"}}}}
         reply = httpx.post(f"{cloud.auth_url(node)}/v3/auth/tokens", json=body, timeout=20)
         assert reply.status_code == 201, reply.text
         urls = [e["url"] for s in reply.json()["token"]["catalog"] for e in s["endpoints"]]
@@ -56,7 +56,7 @@ def test_openstack_cli_server_lifecycle(cloud: Cloud) -> None:
     token = cloud.token("alice", node="node2")
     assert [(s["Name"], s["Status"]) for s in cloud.cli_json("alice", "server", "list")] == [("web1", "ACTIVE")]
     shown = cloud.cli_json("alice", "server", "show", "web1")
-    assert (shown["id"], shown["flavor"], shown["project_id"]) == (server_id, "tiny (tiny)", "alice")
+    assert (shown["id"], shown["flavor"], shown["project_id"]) == (server_id, "tiny (tiny)", "user-alice")
 
     cloud.cli("alice", "server", "stop", "web1")
     wait_for(lambda: server_status(cloud, token, server_id) == "SHUTOFF", 30, what="server SHUTOFF")

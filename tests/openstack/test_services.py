@@ -84,3 +84,12 @@ def test_volumes_create_list_delete_and_quota(cloud: Cloud) -> None:
     assert cloud.state.volumes[volume["id"]]["state"] == "deleting"
     limits = cloud.request("GET", "/volume/v3/limits", bob).json()["limits"]["absolute"]
     assert (limits["maxTotalVolumeGigabytes"], limits["totalGigabytesUsed"]) == (3, 0)
+
+
+def test_glance_links_are_paths_of_this_service(cloud: Cloud) -> None:
+    alice = cloud.token("alice")
+    shown = cloud.request("GET", "/image/v2/images/img1", alice).json()
+    assert (shown["self"], shown["file"]) == ("/image/v2/images/img1", "/image/v2/images/img1/file")
+    assert cloud.request("GET", shown["self"], alice).json()["id"] == "img1"
+    listed = cloud.request("GET", "/image/v2/images", alice).json()
+    assert listed["first"] == "/image/v2/images" and all(i["self"].startswith("/image/v2/images/") for i in listed["images"])

@@ -70,7 +70,7 @@ ARGS: dict[str, Any] = {
     ),
     "token.revoke": st.fixed_dictionaries({"token_id": st.sampled_from(["k1", "k2"])}),
     "keypair.create": st.fixed_dictionaries(
-        {"user": NAMES, "name": st.sampled_from(["k1", "k2"]), "public_key": st.sampled_from(["ssh-ed25519 AAAA k", "nope"]), "fingerprint": st.just("ab:" * 15 + "ab")}
+        {"user": NAMES, "name": st.sampled_from(["k1", "k2"]), "public_key": st.sampled_from(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4h3jbnqzGW3gaxPPxNTlDWHPTLiCdnOHHBEhn9Lbdt me@host", "ssh-ed25519 AAAA k", "nope"]), "fingerprint": st.just("ab:" * 15 + "ab")}
     ),
     "keypair.delete": st.fixed_dictionaries({"user": NAMES, "name": st.sampled_from(["k1", "k2"])}),
     "flavor.create": st.fixed_dictionaries(

@@ -19,8 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cloudd.commands import REGISTRY
+from cloudd.commands.pools import check_network_allowed
 from cloudd.errors import CloudError
 from cloudd.model.networks import visible_to
+from cloudd.model.state import State
 from cloudd.validate import HOSTNAME_RE, Field, check_args
 from cloudd.web.auth import Principal
 from cloudd.web.http import json_response, request_id
@@ -79,6 +81,22 @@ def decode_user_data(text: str) -> str:
         raise CloudError("invalid", "user_data must be base64 of UTF-8 text") from None
 
 
+def auto_networks(state: State, user: str) -> list[dict[str, Any]]:
+    """The networks a server of ``user`` may get without naming one: public ones and the
+    user's own (an admin's too: other users' private networks are theirs), within the
+    user's pool's network lock."""
+    out = []
+    for network in state.networks.values():
+        if not visible_to(network, user):
+            continue
+        try:
+            check_network_allowed(state, user, network)
+        except CloudError:
+            continue
+        out.append(network)
+    return out
+
+
 def routes(os_api: OsApi) -> list[Route]:
     api = os_api.api
     runtime = os_api.runtime
@@ -109,7 +127,7 @@ def routes(os_api: OsApi) -> list[Route]:
         with runtime.raft.lock:
             state = runtime.raft.state
             if requested is None or requested == "auto" or requested == []:
-                usable = [n for n in state.networks.values() if visible_to(n, None if principal.is_admin else principal.name)]
+                usable = auto_networks(state, principal.name)
                 if len(usable) > 1:
                     raise CloudError("conflict", "Multiple possible networks found, use a Network ID to be more specific.")
                 return resolve_nics(state, principal, [{"network": n["id"]} for n in usable])
@@ -150,7 +168,9 @@ def routes(os_api: OsApi) -> list[Route]:
                 result, _ = await runtime.proposer.submit_ok("vm.create", args, request_id=f"{rid[:56]}-{n + 1}", actor=principal.actor(request))
         except CloudError as exc:
             if exc.code == "quota_exceeded":
-                raise CloudError("quota_exceeded", f"Quota exceeded: {exc.message}", exc.details) from None
+                quota = CloudError("quota_exceeded", f"Quota exceeded: {exc.message}", exc.details)
+                quota.index = exc.index
+                raise quota from None
             raise
         return dict(result)
 
@@ -173,10 +193,13 @@ def routes(os_api: OsApi) -> list[Route]:
             return json_response({"servers": []})
         everyone = principal.is_admin and query_flag(request, "all_tenants")
         url = compute_url(request)
+        with runtime.raft.lock:  # names only: the filter runs without holding the replica
+            state = runtime.raft.state
+            names = [(i, state.vms[i]["name"]) for i in state.vm_ids_of(None if everyone else principal.name)]
+        wanted = [i for i, name in names if matches(name)]
         with runtime.raft.lock:
             state = runtime.raft.state
-            vms = [state.vms[i] for i in state.vm_ids_of(None if everyone else principal.name)]
-            views = [server_view(state, vm, url, principal.is_admin) for vm in vms if matches(vm["name"])]
+            views = [server_view(state, state.vms[i], url, principal.is_admin) for i in wanted if i in state.vms]
         if status is not None:
             views = [v for v in views if v["status"] == status.upper()]
         views.sort(key=lambda v: (v["created"] or "", v["id"]), reverse=True)  # newest first, as Nova

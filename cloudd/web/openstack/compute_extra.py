@@ -17,6 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cloudd.commands.keypairs import (
+    MAX_KEYPAIRS_PER_USER,
+    MAX_PUBLIC_KEY,
+    public_key_problem,
+)
 from cloudd.commands.pools import pool_usage, usage_of_vms
 from cloudd.errors import CloudError
 from cloudd.validate import Field
@@ -26,6 +31,7 @@ from cloudd.web.http import json_response
 from cloudd.web.openstack.common import OsApi, read_wrapped
 from cloudd.web.openstack.mapping import AVAILABILITY_ZONE, flavor_view, keypair_view
 from cloudd.web.openstack.nova import (
+    bounded_int,
     compute_url,
     find_server,
     nova_endpoint,
@@ -33,21 +39,19 @@ from cloudd.web.openstack.nova import (
     paged,
 )
 
-KEYPAIR_CREATE = {"name": Field("str", max_len=255), "public_key": Field("str", max_len=16 << 10, required=False), "type": Field("str", choices=("ssh",), required=False)}
+KEYPAIR_CREATE = {"name": Field("str", max_len=255), "public_key": Field("str", max_len=MAX_PUBLIC_KEY, required=False), "type": Field("str", choices=("ssh",), required=False)}
 ATTACH = {"volumeId": Field("str", max_len=64), "device": Field("str", max_len=64, required=False, nullable=True), "tag": Field("any", required=False), "delete_on_termination": Field("bool", required=False)}
+MAX_FLAVOR_FILTER = 10**15
 LIMIT_NAMES = {"vcpus": ("maxTotalCores", "totalCoresUsed"), "ram_mb": ("maxTotalRAMSize", "totalRAMUsed"), "vms": ("maxTotalInstances", "totalInstancesUsed")}
 
 
 def fingerprint(public_key: str) -> str:
-    """Nova's fingerprint of an OpenSSH public key: MD5 of its blob, colon-separated."""
-    parts = public_key.split()
-    try:
-        blob = base64.b64decode(parts[1], validate=True) if len(parts) >= 2 else b""
-    except ValueError:
-        blob = b""
-    if not blob:
-        raise CloudError("invalid", "Keypair data is invalid: not an OpenSSH public key")
-    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+    """Nova's fingerprint of an OpenSSH public key: MD5 of its blob, colon-separated.
+    The key must pass ``public_key_problem`` (400 otherwise, in Nova's words)."""
+    problem = public_key_problem(public_key)
+    if problem is not None:
+        raise CloudError("invalid", f"Keypair data is invalid: the public key {problem}")
+    digest = hashlib.md5(base64.b64decode(public_key.split()[1]), usedforsecurity=False).hexdigest()
     return ":".join(digest[i : i + 2] for i in range(0, 32, 2))
 
 
@@ -68,11 +72,10 @@ def routes(os_api: OsApi) -> list[Route]:
     runtime = os_api.runtime
 
     def flavors(request: Request) -> list[dict[str, Any]]:
-        min_ram, min_disk = request.query_params.get("minRam", "0"), request.query_params.get("minDisk", "0")
-        if not (min_ram.isascii() and min_ram.isdigit() and min_disk.isascii() and min_disk.isdigit()):
-            raise CloudError("invalid", "minRam and minDisk must be integers")
+        min_ram = bounded_int(request.query_params.get("minRam", "0"), "minRam", 0, MAX_FLAVOR_FILTER)
+        min_disk = bounded_int(request.query_params.get("minDisk", "0"), "minDisk", 0, MAX_FLAVOR_FILTER)
         with runtime.raft.lock:
-            items = [dict(f) for f in runtime.raft.state.flavors.values() if f["ram_mb"] >= int(min_ram) and f["disk_gb"] >= int(min_disk)]
+            items = [dict(f) for f in runtime.raft.state.flavors.values() if f["ram_mb"] >= min_ram and f["disk_gb"] >= min_disk]
         items.sort(key=lambda f: (f["vcpus"], f["ram_mb"], f["name"]))
         limit, marker = page_args(request)
         return paged([{**f, "id": f["name"]} for f in items], limit, marker)
@@ -163,7 +166,7 @@ def routes(os_api: OsApi) -> list[Route]:
                 usage = usage_of_vms(state.vms[i] for i in state.vm_ids_of(principal.name)).to_dict()
                 caps = {}
             pairs = len((state.users.get(principal.name) or {}).get("keypairs") or {})
-        absolute: dict[str, Any] = {"maxServerMeta": 0, "maxPersonality": 0, "maxPersonalitySize": 0, "maxImageMeta": 0, "maxTotalKeypairs": 100, "totalKeyPairsUsed": pairs,
+        absolute: dict[str, Any] = {"maxServerMeta": 0, "maxPersonality": 0, "maxPersonalitySize": 0, "maxImageMeta": 0, "maxTotalKeypairs": MAX_KEYPAIRS_PER_USER, "totalKeyPairsUsed": pairs,
                                     "maxSecurityGroups": -1, "maxSecurityGroupRules": -1, "totalSecurityGroupsUsed": 0, "maxTotalFloatingIps": -1, "totalFloatingIpsUsed": 0,
                                     "maxServerGroups": -1, "maxServerGroupMembers": -1, "totalServerGroupsUsed": 0}
         for key, (max_name, used_name) in LIMIT_NAMES.items():

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloudd.errors import CloudError
-from cloudd.web.http import json_response
+from cloudd.web.http import INDEX_HEADER, json_response
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,10 @@ def os_guarded(shape: Shape) -> Callable[[Endpoint], Endpoint]:
             try:
                 return await handler(request)
             except CloudError as exc:
-                return shape(exc.status, exc.message)
+                response = shape(exc.status, exc.message)
+                if exc.index is not None:  # refused inside the log: its event is the audit
+                    response.headers[INDEX_HEADER] = str(exc.index)
+                return response
             except Exception:
                 log.exception("unhandled error in %s %s", request.method, request.url.path)
                 return shape(500, "internal error; see the node's log")

@@ -1,15 +1,16 @@
 """Keystone v3 under ``/identity``: version documents, password tokens, the catalog.
 
-A Keystone token is a cloudd login session (``routes_users.password_login_indexed``: the
-same rate-limited password check, the same replicated ``token.create``, 12 hours), so
-every node accepts it and ``DELETE /identity/v3/auth/tokens`` (``token.revoke``) ends it
-everywhere. The project a token is scoped to is the user's pool (``mapping.project_of``).
+A Keystone token is a cloudd login session (``routes_users``: the same rate-limited
+password check, the same replicated ``token.create``) of one hour: clients log in again
+for every command, so these pile up, and at the user's token cap the newest replaces the
+oldest session. Every node accepts it and ``DELETE /identity/v3/auth/tokens``
+(``token.revoke``) ends it everywhere. The project a token is scoped to is the user's pool
+or their own project (``mapping.project_of``), checked before the session is made.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from typing import Any
 
@@ -30,12 +31,12 @@ from cloudd.web.openstack.common import (
 )
 from cloudd.web.openstack.errors import keystone_guarded
 from cloudd.web.openstack.mapping import DOMAIN, REGION, iso_micro, project_of
-from cloudd.web.routes_users import password_login_indexed
-
-log = logging.getLogger(__name__)
+from cloudd.web.routes_users import issue_token, password_checked
 
 V3_UPDATED = "2024-04-01T00:00:00Z"
 NO_EXPIRY_S = 365 * 86400.0  # what a token without expiry claims (clients want a date)
+KEYSTONE_TTL_S = 3600.0
+KEYSTONE_TOKEN_NAME = "openstack"
 NAMED = {"id": Field("str", max_len=255, required=False), "name": Field("str", max_len=255, required=False)}
 DOMAIN_REF = Field("obj", spec=NAMED, required=False)
 USER = Field("obj", spec={**NAMED, "domain": DOMAIN_REF, "password": Field("str", max_len=1024)})
@@ -116,7 +117,7 @@ def routes(os_api: OsApi) -> list[Route]:
             }
         }
 
-    def check_scope(principal: Principal, scope: dict[str, Any] | None) -> None:
+    def check_scope(user: str, scope: dict[str, Any] | None) -> None:
         """A token is scoped to the user's own project only (401 otherwise, as Keystone)."""
         if not scope:
             return
@@ -124,9 +125,9 @@ def routes(os_api: OsApi) -> list[Route]:
             raise CloudError("unauthenticated", "only project-scoped tokens are issued here")
         wanted = scope["project"]
         with runtime.raft.lock:
-            project = project_of(runtime.raft.state, principal.name)
+            project = project_of(runtime.raft.state, user)
         if not _domain_ok(wanted.get("domain")) or wanted.get("id", project["id"]) != project["id"] or wanted.get("name", project["name"]) != project["name"]:
-            raise CloudError("unauthenticated", f"user {principal.name} has no access to that project (theirs is {project['name']})")
+            raise CloudError("unauthenticated", f"user {user} has no access to that project (theirs is {project['name']}, id {project['id']})")
 
     def subject(request: Request) -> Principal:
         """The token ``X-Subject-Token`` names, if still valid (404 otherwise)."""
@@ -154,26 +155,21 @@ def routes(os_api: OsApi) -> list[Route]:
             name = user.get("id") or user.get("name")
             if not name or not _domain_ok(user.get("domain")):
                 raise CloudError("unauthenticated", "wrong username or password")
-            data, index = await password_login_indexed(api, request, name, user["password"])
+            record = await password_checked(api, request, name, user["password"])
+            check_scope(record["name"], auth.get("scope"))  # before a session is made (one may take the oldest's place)
+            data, index = await issue_token(api, request, None, record["name"], KEYSTONE_TOKEN_NAME, "session", KEYSTONE_TTL_S)
             await api.runtime.proposer.wait_applied(index)
             token = data["token"]
             principal = user_from_token(runtime, token, time.time())
         elif "token" in methods and "token" in identity:
             token = identity["token"]["id"]
             principal = user_from_token(runtime, token, time.time())
+            if principal is not None:
+                check_scope(principal.name, auth.get("scope"))
         else:
             raise CloudError("invalid", "use the password (or token) method")
         if principal is None:
             raise CloudError("unauthenticated", "the token is invalid, expired or revoked")
-        try:
-            check_scope(principal, auth.get("scope"))
-        except CloudError:
-            if "password" in methods and principal.token_id:  # the session just made is of no use
-                try:
-                    await api.commit(request, principal, "token.revoke", {"token_id": principal.token_id})
-                except CloudError as exc:  # it expires by itself; the answer is still the 401
-                    log.warning("openstack: could not revoke an unusable session of %s: %s", principal.name, exc.message)
-            raise
         body = token_body(principal, [m for m in methods if m in ("password", "token")], base_url(request))
         return json_response(body, status=201, headers={SUBJECT_TOKEN_HEADER: token})
 

@@ -53,7 +53,7 @@ def routes(os_api: OsApi) -> list[Route]:
             ]
         items = [i for i in items if (status is None or i["status"] == status) and (visibility in (None, "all") or i["visibility"] == visibility)]
         items.sort(key=lambda i: (i["created_at"] or "", i["id"]), reverse=True)
-        return json_response({"images": paged(items, limit, marker), "schema": "/v2/schemas/images", "first": "/v2/images"})
+        return json_response({"images": paged(items, limit, marker), "schema": "/image/v2/schemas/images", "first": "/image/v2/images"})
 
     @nova_guarded
     async def images_show(request: Request) -> Response:

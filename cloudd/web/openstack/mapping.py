@@ -2,7 +2,7 @@
 
 | OpenStack        | cloudd                                                    |
 |------------------|-----------------------------------------------------------|
-| project          | the user's pool (a user in no pool: a project of their own) |
+| project          | the user's pool, id ``pool-<name>`` (a user in no pool: a project of their own, id ``user-<name>``) |
 | user id          | the user's name                                           |
 | server           | VM (status from the lifecycle state, below)               |
 | flavor id        | flavor name                                               |
@@ -59,10 +59,13 @@ def iso_micro(ts: float) -> str:
 
 
 def project_of(state: State, user: str) -> dict[str, Any]:
-    """The user's project: their pool, or a project of their own named after them."""
-    record = state.users.get(user) or {}
-    name = record.get("pool") or user
-    return {"id": name, "name": name, "domain": dict(DOMAIN)}
+    """The user's project: their pool (id ``pool-<pool>``), or a project of their own
+    named after them (id ``user-<user>``). The prefixes keep a user's own project and a
+    pool of the same name apart; the names are what clients are configured with."""
+    pool = (state.users.get(user) or {}).get("pool")
+    if pool:
+        return {"id": f"pool-{pool}", "name": pool, "domain": dict(DOMAIN)}
+    return {"id": f"user-{user}", "name": user, "domain": dict(DOMAIN)}
 
 
 def link(url: str) -> list[dict[str, str]]:
@@ -209,9 +212,9 @@ def image_view(state: State, image: dict[str, Any]) -> dict[str, Any]:
         "tags": [],
         "created_at": iso(image.get("created_at")),
         "updated_at": iso(image.get("updated_at") or image.get("created_at")),
-        "self": f"/v2/images/{image['id']}",
-        "file": f"/v2/images/{image['id']}/file",
-        "schema": "/v2/schemas/image",
+        "self": f"/image/v2/images/{image['id']}",
+        "file": f"/image/v2/images/{image['id']}/file",
+        "schema": "/image/v2/schemas/image",
     }
 
 

@@ -126,7 +126,9 @@ def routes(os_api: OsApi) -> list[Route]:
             await api.commit(request, principal, "volume.create", args)
         except CloudError as exc:
             if exc.code == "quota_exceeded":
-                raise CloudError("payload_too_large", f"VolumeSizeExceedsAvailableQuota: {exc.message}", exc.details) from None
+                quota = CloudError("payload_too_large", f"VolumeSizeExceedsAvailableQuota: {exc.message}", exc.details)
+                quota.index = exc.index
+                raise quota from None
             raise
         with runtime.raft.lock:
             state = runtime.raft.state
