@@ -196,4 +196,4 @@ def user_update(state: State, ctx: Context, args: dict[str, Any]) -> dict[str, A
             for token_id in [t for t, tok in state.tokens.items() if tok["user"] == user["name"] and tok["kind"] == "session"]:
                 del state.tokens[token_id]
     user["updated_at"] = ctx.ts
-    return {k: v for k, v in user.items() if k != "password_hash"}
+    return {k: v for k, v in user.items() if k not in ("password_hash", "keypairs")}  # results are kept in the request cache
