@@ -125,6 +125,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         images = [i for i in all_items(await ui.get(request, session, "images", limit=1000)) if i.get("state", "ready") == "ready"]
         tasks = all_items(await ui.get(request, session, "tasks", vm=vm["id"], limit=10))
         events = all_items(await ui.get(request, session, "events", target=vm["id"], limit=15))
+        networks = {n["id"]: n["name"] for n in all_items(await ui.get(request, session, "networks", limit=1000))} if vm.get("nics") else {}
         task_id = request.query_params.get("task")
         watch = [t["id"] for t in tasks if t["state"] == "running"]
         if task_id and task_id not in watch and any(t["id"] == task_id for t in tasks):
@@ -133,6 +134,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
             "vm": vm, "image_name": names.get(vm.get("image") or "", vm.get("image")), "iso_name": names.get(vm.get("iso") or "", vm.get("iso")),
             "isos": [i for i in images if i["format"] == "iso"], "tasks": tasks, "events": events, "watch": watch,
             "actions": [(a, POWER_ACTIONS[a]) for a in ACTIONS_BY_STATE.get(vm["state"], ())], "show_node": session.is_admin,
+            "network_names": networks,
         }
 
     async def vm_show(request: Request, session: Session, form: Form | None) -> Response:
