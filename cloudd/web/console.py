@@ -77,7 +77,7 @@ from cloudd.web.console_rfb import (
     login_within,
     relay,
 )
-from cloudd.web.console_sessions import ConsoleSessions, SessionRefused
+from cloudd.web.console_sessions import ConsoleSessions, SessionRefused, Slot
 from cloudd.web.console_tokens import ConsoleTokens, Grant, TokenRefused
 from cloudd.web.http import guarded, json_response
 from cloudd.web.openapi import PATH_PARAM, ApiRoute, Doc, Param
@@ -139,6 +139,17 @@ CONSOLE_PAGE_HEADERS = {
     "Content-Security-Policy": merged_csp(PAGE_HEADERS["Content-Security-Policy"], CONSOLE_CSP),
 }
 
+
+
+async def release(slot: Slot, upstream: ByteStream | None, browser: BrowserStream, code: int, reason: str) -> None:
+    """End a console session whichever way it went: the session slot, the VNC side, then
+    the browser's (or the calling node's) websocket with ``code`` and ``reason``."""
+    slot.close()
+    try:
+        if upstream is not None:
+            await upstream.close()
+    finally:
+        await browser.close(code, reason)
 
 class PeerRefused(RfbError):
     """The node that runs the VM refused the session (close code 1008): the browser is
@@ -303,12 +314,7 @@ class ConsoleService:
             log.warning("console: VM %s for %s: %s", vm["id"], grant.user, exc)
             code, ended = (CLOSE_REFUSED if isinstance(exc, PeerRefused) else CLOSE_UNAVAILABLE), str(exc)
         finally:
-            slot.close()
-            try:
-                if upstream is not None:
-                    await upstream.close()
-            finally:
-                await browser.close(code, ended)
+            await release(slot, upstream, browser, code, ended)
 
     async def watch(self, session: Coroutine[Any, Any, None], grant: Grant, node: str) -> str:
         """Run ``session`` (the relay) until it ends or, checked every ``recheck_s``, the
@@ -378,12 +384,7 @@ class ConsoleService:
         except RfbError as exc:
             code, reason = CLOSE_UNAVAILABLE, str(exc)
         finally:
-            slot.close()
-            try:
-                if upstream is not None:
-                    await upstream.close()
-            finally:
-                await browser.close(code, reason)
+            await release(slot, upstream, browser, code, reason)
 
 
 def routes(api: Api, service: ConsoleService | None = None, novnc: Path | None = None) -> list[BaseRoute]:

@@ -47,6 +47,12 @@ class OsApi:
         return principal
 
 
+def caller_pool(state: Any, user: str) -> dict[str, Any] | None:
+    """The pool of ``user`` (the OpenStack project's limits), or None (call under the lock)."""
+    pool_name = (state.users.get(user) or {}).get("pool")
+    return state.pools.get(pool_name) if pool_name else None
+
+
 def base_url(request: Request) -> str:
     """This node as the client reached it (scheme and Host), without a trailing slash."""
     return str(request.base_url).rstrip("/")

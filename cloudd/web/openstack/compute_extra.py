@@ -28,7 +28,7 @@ from cloudd.validate import Field
 from cloudd.web.api import find_owned
 from cloudd.web.auth import Principal
 from cloudd.web.http import json_response
-from cloudd.web.openstack.common import OsApi, read_wrapped
+from cloudd.web.openstack.common import OsApi, caller_pool, read_wrapped
 from cloudd.web.openstack.mapping import AVAILABILITY_ZONE, flavor_view, keypair_view
 from cloudd.web.openstack.nova import (
     bounded_int,
@@ -157,8 +157,7 @@ def routes(os_api: OsApi) -> list[Route]:
         principal = await os_api.principal(request)
         with runtime.raft.lock:
             state = runtime.raft.state
-            pool_name = (state.users.get(principal.name) or {}).get("pool")
-            pool = state.pools.get(pool_name) if pool_name else None
+            pool = caller_pool(state, principal.name)
             if pool is not None:
                 usage = pool_usage(state, pool["name"]).to_dict()
                 caps = dict(pool["limits"])

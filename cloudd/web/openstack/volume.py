@@ -18,7 +18,7 @@ from cloudd.validate import Field
 from cloudd.web.api import find_owned
 from cloudd.web.auth import Principal
 from cloudd.web.http import json_response
-from cloudd.web.openstack.common import OsApi, base_url, query_flag, read_wrapped
+from cloudd.web.openstack.common import OsApi, base_url, caller_pool, query_flag, read_wrapped
 from cloudd.web.openstack.errors import nova_guarded
 from cloudd.web.openstack.mapping import VOLUME_STATUS, volume_view
 from cloudd.web.openstack.nova import page_args, paged
@@ -150,8 +150,7 @@ def routes(os_api: OsApi) -> list[Route]:
         principal = await os_api.principal(request)
         with runtime.raft.lock:
             state = runtime.raft.state
-            pool_name = (state.users.get(principal.name) or {}).get("pool")
-            pool = state.pools.get(pool_name) if pool_name else None
+            pool = caller_pool(state, principal.name)
             cap = pool["limits"].get("disk_gb") if pool is not None else None
             used = pool_usage(state, pool["name"]).disk_gb if pool is not None else sum(v["size_gb"] for v in state.volumes.values() if v["owner"] == principal.name)
             mine = [v for v in state.volumes.values() if v["owner"] == principal.name]
