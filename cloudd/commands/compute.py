@@ -13,6 +13,7 @@ from typing import Any
 from cloudd.alloc.cpu import common_model, compatible
 from cloudd.alloc.placement import AllocSettings, demand_of, eligible, fits, largest_possible, used
 from cloudd.commands.common import NODE_NAME, OBJECT_ID, USER_NAME, get_node, require_initialized
+from cloudd.commands.keypairs import MAX_PUBLIC_KEY, public_key_problem
 from cloudd.commands.registry import Context, command
 from cloudd.errors import CloudError
 from cloudd.commands.alloc import shared_vm_storage
@@ -30,7 +31,7 @@ DISK_GB = Field("num", min=1, max=64 << 10)
 FLAVOR_NAME = Field("str", pattern=re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$"))
 DISK_TARGET_RE = re.compile(r"^(vd|sd)[a-z]{1,2}$")
 SWAP_MB = Field("int", min=0, max=64 << 10, required=False)
-SSH_KEY = Field("str", max_len=16 << 10, check=lambda v: None if v.startswith(("ssh-", "ecdsa-", "sk-")) else "is not an SSH public key")
+SSH_KEY = Field("str", max_len=MAX_PUBLIC_KEY, check=public_key_problem)  # as keypairs: one OpenSSH public key line
 
 
 def get_vm(state: State, vm_id: str) -> dict[str, Any]:
