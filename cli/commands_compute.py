@@ -243,6 +243,27 @@ def register(cli: click.Group) -> None:
 
         run(go)
 
+    @vm.command("console")
+    @click.argument("vm_ref", metavar="VM")
+    @pass_ctx
+    def vm_console(ctx: Ctx, vm_ref: str) -> None:
+        """Where to see a running VM's screen: the web console page (log in to the web UI),
+        and a one-time websocket URL for any VNC-over-websocket client such as noVNC (valid
+        30 s, once, on the node that answered; the VNC password stays in cloudd).
+
+        \b
+        Example:
+          cloudctl vm console web1
+        """
+
+        def go() -> None:
+            client = ctx.client()
+            vm_id = client.request("GET", f"/api/v1/vms/{q(vm_ref)}")["id"]
+            grant = client.request("POST", f"/api/v1/vms/{q(vm_id)}/console")
+            emit({"page": f"{client.used_endpoint}/ui/vms/{vm_id}/console", **grant}, ctx.output)
+
+        run(go)
+
     @vm.command("delete")
     @click.argument("vm_ref", metavar="VM")
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

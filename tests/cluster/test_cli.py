@@ -121,6 +121,8 @@ def test_flavor_image_and_vm_commands(ctl, shared_cluster: LocalCluster) -> None
     assert "cli-vm" in ctl("vm", "list").output
     result = ctl("vm", "reset", "cli-vm")
     assert result.exit_code == 1 and "409" in result.output
+    result = ctl("vm", "console", "cli-vm")
+    assert result.exit_code == 1 and "409" in result.output and "run" in result.output
     assert ctl("image", "register", "cli-cd", "--path", "/srv/images/cli.iso", "--format", "iso", "--size", "0.5").exit_code == 0
     disk = json.loads(ctl("-o", "json", "vm", "disk-add", "cli-vm", "--size", "2").output)["disk"]
     assert disk["target"] == "vdc"

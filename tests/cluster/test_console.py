@@ -233,3 +233,21 @@ def test_a_vm_has_four_console_sessions_at_most_whichever_nodes_serve_them(world
         # the sessions end: their slots are free on both nodes
         wait_for(lambda: console(via_node2, w["vm"]).status_code == 200, 10, what="node2's slots given back")
     assert read_screen(console(w["vera"], w["vm"]).json()["url"])["width"] > 0
+
+
+def test_cloudctl_vm_console_gives_the_page_and_a_working_one_time_url(world: tuple[ConsoleCluster, dict[str, Any]], tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.cloudctl import cli
+
+    cluster, w = world
+    config = tmp_path / "cloudctl.json"
+    config.write_text(json.dumps({"endpoints": [cluster.nodes["node1"].url], "token": w["tokens"]["vera"], "user": "vera"}))
+    result = CliRunner().invoke(cli, ["--config", str(config), "-o", "json", "vm", "console", w["vm"]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["page"] == f"{cluster.nodes['node1'].url}/ui/vms/{w['vm']}/console"
+    assert read_screen(shown["url"])["width"] > 0  # the URL opens the guest's screen, once
+    assert closed_reason(shown["url"])[0] == 1008
