@@ -8,6 +8,8 @@ replicated commands (``vm.create``, ``vm.start``, ``vm.shutdown``, ``vm.reboot``
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import binascii
 import secrets
@@ -196,7 +198,7 @@ def routes(os_api: OsApi) -> list[Route]:
         with runtime.raft.lock:  # names only: the filter runs without holding the replica
             state = runtime.raft.state
             names = [(i, state.vms[i]["name"]) for i in state.vm_ids_of(None if everyone else principal.name)]
-        wanted = [i for i, name in names if matches(name)]
+        wanted = await asyncio.to_thread(lambda: [i for i, name in names if matches(name)])  # off the event loop
         with runtime.raft.lock:
             state = runtime.raft.state
             views = [server_view(state, state.vms[i], url, principal.is_admin) for i in wanted if i in state.vms]

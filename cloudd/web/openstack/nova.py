@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import string
+import time
 from collections.abc import Callable
 from typing import Any
 
+import regex  # a timeout on matching, which re lacks: user patterns run here
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,11 +31,12 @@ VERSION_HEADERS = {
 VERSION_RE = re.compile(r"^([0-9]{1,4})\.([0-9]{1,4})$")
 UPDATED = "2013-07-23T11:33:21Z"
 MAX_NAME_FILTER = 255
+NAME_FILTER_BUDGET_S = 0.2  # of regular-expression matching per listing
 MAX_INTEGER_DIGITS = 18  # int() of a longer string is slow, and past 4300 digits a ValueError
 REGEX_SPECIAL = frozenset(".^$*+?{}[]|()\\")
 # what re.escape (and a careful hand) puts after a backslash: a character meant literally
 ESCAPABLE = frozenset(string.punctuation + " ")
-NAME_FILTER_HINT = "regular expressions are not run here: give a name or part of one, optionally with ^ at the start and $ at the end, and \\ before punctuation meant literally (\\.)"
+NAME_FILTER_HINT = "a regular expression, not a plain name"  # literal_of's refusal: name_filter then compiles it
 
 
 def requested_microversion(request: Request) -> str | None:
@@ -89,18 +92,22 @@ def v21_document(request: Request) -> dict[str, Any]:
     }
 
 
-def name_filter(pattern: str | None) -> Callable[[str], bool]:
-    """Nova's ``name`` filter, which Nova takes as a regular expression searched in the
-    name. No user's regular expression runs here (one that backtracks would hold the
-    node): the filter is a literal part of the name, with the forms clients send: a
-    leading ``^`` and a trailing ``$`` anchor it, and a backslash before punctuation
-    (``\\.``, ``\\-``, as ``re.escape`` writes it) means that character. Any other
-    regular-expression syntax is a 400 that says so."""
+def name_filter(pattern: str | None, budget_s: float = NAME_FILTER_BUDGET_S) -> Callable[[str], bool]:
+    """Nova's ``name`` filter: a regular expression searched in the name.
+
+    The plain forms clients send (a name or part of one, ``^``/``$`` anchors, ``\\.``
+    escapes) are matched as literals. Anything else runs in the ``regex`` module, never in
+    ``re``: the whole listing gets ``budget_s`` of matching (each search is given what is
+    left, with the GIL released), and a pattern that needs more (one that backtracks
+    catastrophically) is a 400 instead of a stalled node. Bad syntax is a 400 too."""
     if pattern is None:
         return lambda name: True
     if len(pattern) > MAX_NAME_FILTER:
         raise CloudError("invalid", f"name filter: at most {MAX_NAME_FILTER} characters")
-    literal, at_start, at_end = literal_of(pattern)
+    try:
+        literal, at_start, at_end = literal_of(pattern)
+    except CloudError:
+        return _regex_filter(pattern, budget_s)
     if at_start and at_end:
         return lambda name: name == literal
     if at_start:
@@ -108,6 +115,27 @@ def name_filter(pattern: str | None) -> Callable[[str], bool]:
     if at_end:
         return lambda name: name.endswith(literal)
     return lambda name: literal in name
+
+
+def _regex_filter(pattern: str, budget_s: float) -> Callable[[str], bool]:
+    try:
+        compiled = regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError) as exc:
+        raise CloudError("invalid", f"name filter: not a regular expression ({str(exc)[:100]})") from None
+    deadline: list[float] = []
+
+    def matches(name: str) -> bool:
+        if not deadline:
+            deadline.append(time.monotonic() + budget_s)
+        left = deadline[0] - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return compiled.search(name, timeout=left, concurrent=True) is not None
+        except TimeoutError:
+            raise CloudError("invalid", f"name filter: the expression takes too long to match (more than {budget_s:g} s in all); simplify it") from None
+
+    return matches
 
 
 def literal_of(pattern: str) -> tuple[str, bool, bool]:
