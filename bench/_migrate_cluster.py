@@ -21,36 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
 from cloudd.config import Timings
-from tests.cluster.harness import LocalCluster, Node, wait_for
-from tests.e2e.libvirtd import PrivateLibvirtd
+from tests.cluster.harness import wait_for
+from tests.e2e.libvirtd import PrivateLibvirtd, SharedDirCluster
 
 FIRST_HOST = 230  # node1-3: 127.0.0.230-232
 HYPERVISORS = {"node2": ((7600, 7649), (49600, 49649)), "node3": ((7650, 7699), (49650, 49699))}  # VNC, migration ports
 MIGRATE_URI = "tcp://127.0.0.1"
-
-
-class _Nodes(LocalCluster):
-    def __init__(self, root: Path, vm_dir: Path, daemons: dict[str, PrivateLibvirtd]) -> None:
-        super().__init__(root, timings=dataclasses.asdict(Timings()), first_host=FIRST_HOST)
-        self.vm_dir = vm_dir
-        self.daemons = daemons
-
-    def _set_timings(self, node: Node) -> None:
-        super()._set_timings(node)
-        path = node.data_dir / "node.json"
-        data = orjson.loads(path.read_bytes())
-        daemon = self.daemons.get(node.name)
-        if daemon is None:
-            data["roles"] = ["storage"]  # node1: the leader, holds no VM
-        else:
-            data["compute"].update(
-                uri=daemon.uri, domain_type="qemu", vm_dir=str(self.vm_dir), vnc_port_min=daemon.vnc_ports[0], vnc_port_max=daemon.vnc_ports[1],
-                migration_uri=daemon.uri, migrate_uri=MIGRATE_URI, migration_unsafe=True,
-            )
-        path.write_bytes(orjson.dumps(data))
 
 
 class BenchCluster:
@@ -60,7 +38,7 @@ class BenchCluster:
         self.vm_dir = self.root / "shared-vms"
         self.vm_dir.mkdir()
         self.daemons: dict[str, PrivateLibvirtd] = {}
-        self.nodes = _Nodes(self.root, self.vm_dir, self.daemons)
+        self.nodes = SharedDirCluster(self.root, self.vm_dir, self.daemons, first_host=FIRST_HOST, timings=dataclasses.asdict(Timings()))
 
     def start(self, guest: Path) -> BenchCluster:
         """Both libvirtds, the three nodes, the cluster settings, a flavor and the guest image."""

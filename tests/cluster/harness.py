@@ -289,3 +289,11 @@ class LocalCluster:
             return True
 
         wait_for(linked, timeout, what="all Raft links up")
+
+
+def add_ui_catalog(admin: httpx.Client) -> None:
+    """What the web UI tests pick from: the flavor ``tiny``, the OS image ``busybox`` and
+    the ISO ``rescue-cd`` (paths only: libvirt's test driver never reads them)."""
+    admin.post("/api/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).raise_for_status()
+    admin.post("/api/v1/images", json={"name": "busybox", "path": "/var/lib/cloudd/images/busybox.qcow2", "format": "qcow2", "size_gb": 1}).raise_for_status()
+    admin.post("/api/v1/images", json={"name": "rescue-cd", "path": "/srv/isos/rescue.iso", "format": "iso", "size_gb": 1}).raise_for_status()

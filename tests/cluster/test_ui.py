@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.harness import LocalCluster, add_ui_catalog, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -25,9 +25,7 @@ def ui_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluste
     try:
         c.init(3)
         with c.api("node1") as admin:
-            admin.post("/api/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).raise_for_status()
-            admin.post("/api/v1/images", json={"name": "busybox", "path": "/var/lib/cloudd/images/busybox.qcow2", "format": "qcow2", "size_gb": 1}).raise_for_status()
-            admin.post("/api/v1/images", json={"name": "rescue-cd", "path": "/srv/isos/rescue.iso", "format": "iso", "size_gb": 1}).raise_for_status()
+            add_ui_catalog(admin)
             admin.post("/api/v1/pools", json={"name": "team", "limits": {"vcpus": 2, "vms": 3}}).raise_for_status()
             admin.post("/api/v1/networks", json={"name": "public", "subnet": "192.0.2.0/24"}).raise_for_status()
             for name in ("alice", "bob"):

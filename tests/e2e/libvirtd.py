@@ -30,6 +30,10 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
+
+from tests.cluster.harness import LocalCluster, Node
+
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"
 LIBVIRTD = "/usr/sbin/libvirtd"
 VIRTLOGD = "/usr/sbin/virtlogd"
@@ -257,3 +261,29 @@ class PrivateLibvirtd:
             self._end(self.virtlogd)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class SharedDirCluster(LocalCluster):
+    """cloudd nodes whose hypervisors are private libvirtds (``daemons``: node name → its
+    libvirtd; a node without one is a storage-only leader that holds no VM), all with the
+    same VM directory ``vm_dir`` (shared storage, as NFS would be), ready to migrate live:
+    each libvirtd reaches the others over its socket (/tmp is shared) and qemu over TCP."""
+
+    def __init__(self, root: Path, vm_dir: Path, daemons: dict[str, PrivateLibvirtd], first_host: int, timings: dict[str, float]) -> None:
+        super().__init__(root, timings=timings, first_host=first_host)
+        self.vm_dir = vm_dir
+        self.daemons = daemons
+
+    def _set_timings(self, node: Node) -> None:
+        super()._set_timings(node)
+        path = node.data_dir / "node.json"
+        data = orjson.loads(path.read_bytes())
+        daemon = self.daemons.get(node.name)
+        if daemon is None:
+            data["roles"] = ["storage"]
+        else:
+            data["compute"].update(
+                uri=daemon.uri, domain_type="qemu", vm_dir=str(self.vm_dir), vnc_port_min=daemon.vnc_ports[0], vnc_port_max=daemon.vnc_ports[1],
+                migration_uri=daemon.uri, migrate_uri="tcp://127.0.0.1", migration_unsafe=True,
+            )
+        path.write_bytes(orjson.dumps(data))

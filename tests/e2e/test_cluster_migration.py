@@ -60,7 +60,7 @@ import pytest
 from cloudd.ops.compute import ComputeError
 from cloudd.ops.libvirt_compute import LibvirtCompute
 from tests.cluster.harness import FAST_TIMINGS, LocalCluster, Node, wait_for
-from tests.e2e.libvirtd import PrivateLibvirtd, libvirtd_missing
+from tests.e2e.libvirtd import PrivateLibvirtd, SharedDirCluster, libvirtd_missing
 from tests.e2e.test_failover_guests import fence_records, start_guard, stop_guard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -279,26 +279,9 @@ def test_offline_migration_moves_the_disk_to_the_other_nodes_own_directory(offli
 # --- live: three nodes, two private libvirtds, one shared VM directory ------------------------
 
 
-class LiveCluster(LocalCluster):
+class LiveCluster(SharedDirCluster):
     def __init__(self, root: Path, vm_dir: Path, daemons: dict[str, PrivateLibvirtd]) -> None:
-        super().__init__(root, first_host=LIVE_HOST, timings=LIVE_TIMINGS)
-        self.vm_dir = vm_dir
-        self.daemons = daemons
-
-    def _set_timings(self, node: Node) -> None:
-        super()._set_timings(node)
-        path = node.data_dir / "node.json"
-        data = orjson.loads(path.read_bytes())
-        daemon = self.daemons.get(node.name)
-        if daemon is None:
-            data["roles"] = ["storage"]  # node1: the leader, holds no VM
-        else:
-            data["compute"].update(
-                uri=daemon.uri, domain_type="qemu", vm_dir=str(self.vm_dir), vnc_port_min=daemon.vnc_ports[0], vnc_port_max=daemon.vnc_ports[1],
-                # the other node's libvirtd reaches this one over its socket (/tmp is shared)
-                migration_uri=daemon.uri, migrate_uri="tcp://127.0.0.1", migration_unsafe=True,
-            )
-        path.write_bytes(orjson.dumps(data))
+        super().__init__(root, vm_dir, daemons, first_host=LIVE_HOST, timings=LIVE_TIMINGS)
 
 
 @dataclass

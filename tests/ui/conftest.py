@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.cluster.harness import LocalCluster
+from tests.cluster.harness import LocalCluster, add_ui_catalog
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -22,9 +22,7 @@ def browser_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalC
     try:
         c.init(3)
         with c.api("node1") as admin:
-            admin.post("/api/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}).raise_for_status()
-            admin.post("/api/v1/images", json={"name": "busybox", "path": "/var/lib/cloudd/images/busybox.qcow2", "format": "qcow2", "size_gb": 1}).raise_for_status()
-            admin.post("/api/v1/images", json={"name": "rescue-cd", "path": "/srv/isos/rescue.iso", "format": "iso", "size_gb": 1}).raise_for_status()
+            add_ui_catalog(admin)
             admin.post("/api/v1/pools", json={"name": "team", "limits": {"vcpus": 4, "ram_mb": 2048, "vms": 3}}).raise_for_status()
             admin.post("/api/v1/users", json={"name": "dana", "password": "dana-pass-1"}).raise_for_status()
             admin.patch("/api/v1/users/dana", json={"pool": "team"}).raise_for_status()
