@@ -4,7 +4,7 @@ Sessions are the same tokens as the API's (kind "session", 12 h), carried in an
 HttpOnly, SameSite=Strict cookie (Secure when the request came over TLS). Pages read
 and act through the node's own API (``ui_api``), so they authorize exactly like it;
 every form carries a CSRF token (``ui_forms``). The user pages are in ``ui_user``, the
-admin pages in ``ui_admin``.
+admin pages in ``ui_admin`` and ``ui_catalog`` (flavors, images).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def set_session_cookie(request: Request, response: Response, token: str) -> None
 
 
 def routes(api: Api) -> list[BaseRoute]:
-    from cloudd.web import ui_admin, ui_user
+    from cloudd.web import ui_admin, ui_catalog, ui_user
 
     ui = Ui(api)
 
@@ -266,6 +266,7 @@ def routes(api: Api) -> list[BaseRoute]:
     ]
     out += ui_user.routes(ui)
     out += ui_admin.routes(ui)
+    out += ui_catalog.routes(ui)
     out.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"))
     return out
 

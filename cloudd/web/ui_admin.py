@@ -1,6 +1,7 @@
 """The admin pages: cluster overview, users and pools, all VMs, node maintenance,
-rebalancing and the audit log. Each reads and acts through the admin API, so a user
-who finds these URLs gets the API's 403."""
+rebalancing and the audit log (the catalog's pages, flavors and images, are in
+``ui_catalog``). Each reads and acts through the admin API, so a user who finds these
+URLs gets the API's 403."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ NOTICES = {
     "maintenance": "{name} is in maintenance: it takes no new VMs", "maintenance-off": "{name} is back in service",
     "user-created": "user {name} created", "user-saved": "user {name} saved", "user-deleted": "user {name} deleted",
     "pool-created": "pool {name} created", "pool-saved": "pool {name} saved", "pool-deleted": "pool {name} deleted",
+    "flavor-created": "flavor {name} created", "flavor-deleted": "flavor {name} deleted",
+    "image-registered": "image {name} registered", "image-deleted": "image {name} deleted",
 }
 
 

@@ -1,6 +1,10 @@
 """The user's pages: their VMs (list, create, one VM with its actions), their account
 (password, API tokens) and their resources (pool usage, networks, addresses).
 
+A VM's page also attaches and detaches NICs and, for admins, migrates the VM; the
+resources page creates and deletes networks. What may be done is the API's decision:
+a user's migration is refused by its 403, shown on the page.
+
 Every handler reads and acts through the API (``Ui.get`` / ``Ui.send``); a refused
 form re-renders with the API's message next to the field it is about.
 """
@@ -8,6 +12,7 @@ form re-renders with the API's message next to the field it is about.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -16,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from cloudd.errors import CloudError
 from cloudd.web.ui import Session, Ui, guarded_page, page
 from cloudd.web.ui_api import api_path
-from cloudd.web.ui_forms import Form, errors_from, parse_number, segment
+from cloudd.web.ui_forms import SEGMENT_RE, Form, errors_from, parse_number, segment
 
 POWER_ACTIONS = {
     "start": "Start", "shutdown": "Shut down", "stop": "Force stop", "reset": "Reset", "reboot": "Reboot",
@@ -28,6 +33,10 @@ ACTIONS_BY_STATE = {
 PASSING_STATES = frozenset({"pending", "creating", "starting", "stopping", "migrating", "deleting"})
 BLANK_DISK = "__blank__"
 LIMIT_LABELS = {"vcpus": "vCPUs", "ram_mb": "RAM (MiB)", "disk_gb": "Disk (GB)", "vms": "VMs", "public_ips": "Public IPs"}
+MIGRATABLE_STATES = frozenset({"running", "stopped"})
+MIGRATION_MODES = (("", "automatic (live when possible)"), ("live", "live"), ("offline", "offline"))
+# what a redirect after a change says: fixed sentences, so a link cannot make the page say anything else
+RESOURCE_NOTICES = {"network-created": "network {name} created", "network-deleted": "network {name} deleted"}
 
 
 def all_items(data: Any) -> list[dict[str, Any]]:
@@ -46,8 +55,26 @@ def pool_rows(pool: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
+def usable_networks(networks: list[dict[str, Any]], pool: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The networks a VM of the user may join: all the API lists, unless the pool is locked to some."""
+    allowed = set(pool.get("networks") or []) if pool else set()
+    return [n for n in networks if n["id"] in allowed or n["name"] in allowed] if allowed else networks
+
+
 def to_vm_path(vm_id: str, task: str | None = None) -> str:
     return f"/ui/vms/{vm_id}" + (f"?task={task}" if task else "")
+
+
+def to_resources_notice(kind: str, name: str) -> str:
+    return "/ui/resources?" + urlencode({"done": kind, "name": name})
+
+
+def resources_notice(request: Request) -> str | None:
+    """The sentence of ``?done=&name=`` on the resources page (None for anything else)."""
+    kind, name = request.query_params.get("done", ""), request.query_params.get("name", "")
+    if kind not in RESOURCE_NOTICES or not SEGMENT_RE.fullmatch(name):
+        return None
+    return RESOURCE_NOTICES[kind].format(name=name)
 
 
 def routes(ui: Ui) -> list[BaseRoute]:
@@ -71,11 +98,8 @@ def routes(ui: Ui) -> list[BaseRoute]:
     async def create_form(request: Request, session: Session, status: int = 200, values: dict[str, str] | None = None, errors: dict[str, str] | None = None) -> Response:
         flavors = all_items(await ui.get(request, session, "flavors"))
         images = [i for i in all_items(await ui.get(request, session, "images", limit=1000)) if i.get("state", "ready") == "ready"]
-        networks = all_items(await ui.get(request, session, "networks", limit=1000))
         pool = await my_pool(request, session)
-        allowed = set(pool.get("networks") or []) if pool else set()
-        if allowed:
-            networks = [n for n in networks if n["id"] in allowed or n["name"] in allowed]
+        networks = usable_networks(all_items(await ui.get(request, session, "networks", limit=1000)), pool)
         return page(
             request, session, "vm_new.html", status=status, flavors=flavors, networks=networks,
             os_images=[i for i in images if i["format"] != "iso"], isos=[i for i in images if i["format"] == "iso"],
@@ -125,7 +149,10 @@ def routes(ui: Ui) -> list[BaseRoute]:
         images = [i for i in all_items(await ui.get(request, session, "images", limit=1000)) if i.get("state", "ready") == "ready"]
         tasks = all_items(await ui.get(request, session, "tasks", vm=vm["id"], limit=10))
         events = all_items(await ui.get(request, session, "events", target=vm["id"], limit=15))
-        networks = {n["id"]: n["name"] for n in all_items(await ui.get(request, session, "networks", limit=1000))} if vm.get("nics") else {}
+        networks = all_items(await ui.get(request, session, "networks", limit=1000))
+        joinable = usable_networks([n for n in networks if n["owner"] in (None, vm["owner"])], await my_pool(request, session))
+        show_migrate = session.is_admin and bool(vm.get("node")) and vm["state"] in MIGRATABLE_STATES
+        nodes = all_items(await ui.get(request, session, "nodes", role="hypervisor")) if show_migrate else []
         task_id = request.query_params.get("task")
         watch = [t["id"] for t in tasks if t["state"] == "running"]
         if task_id and task_id not in watch and any(t["id"] == task_id for t in tasks):
@@ -134,7 +161,8 @@ def routes(ui: Ui) -> list[BaseRoute]:
             "vm": vm, "image_name": names.get(vm.get("image") or "", vm.get("image")), "iso_name": names.get(vm.get("iso") or "", vm.get("iso")),
             "isos": [i for i in images if i["format"] == "iso"], "tasks": tasks, "events": events, "watch": watch,
             "actions": [(a, POWER_ACTIONS[a]) for a in ACTIONS_BY_STATE.get(vm["state"], ())], "show_node": session.is_admin,
-            "network_names": networks,
+            "network_names": {n["id"]: n["name"] for n in networks}, "networks": joinable,
+            "show_migrate": show_migrate, "target_nodes": [n for n in nodes if n["name"] != vm["node"]], "migration_modes": MIGRATION_MODES,
         }
 
     async def vm_show(request: Request, session: Session, form: Form | None) -> Response:
@@ -154,6 +182,11 @@ def routes(ui: Ui) -> list[BaseRoute]:
             return page(request, session, "vm.html", status=exc.status, errors=errors_from(exc, fields), values=form.values(), **context)
         return RedirectResponse(to_vm_path(vm["id"], answer.task_id), status_code=303)
 
+    async def vm_invalid(request: Request, session: Session, form: Form, errors: dict[str, str]) -> Response:
+        """The VM's page again with 400 and the form's own field errors (the API was not asked)."""
+        context = await vm_context(request, session, request.path_params["ref"])
+        return page(request, session, "vm.html", status=400, errors=errors, values=form.values(), **context)
+
     async def vm_power(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
         action = request.path_params["action"]
@@ -164,8 +197,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
     async def vm_iso_attach(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
         if not form.get("image"):
-            context = await vm_context(request, session, request.path_params["ref"])
-            return page(request, session, "vm.html", status=400, errors={"image": "choose an ISO"}, **context)
+            return await vm_invalid(request, session, form, {"image": "choose an ISO"})
         return await vm_write(request, session, form, "POST", ("iso",), {"image": form.text("image", 128)}, ("image",))
 
     async def vm_iso_detach(request: Request, session: Session, form: Form | None) -> Response:
@@ -179,13 +211,41 @@ def routes(ui: Ui) -> list[BaseRoute]:
         if size is not None and size <= 0:
             errors["size_gb"] = "must be more than 0"
         if errors:
-            context = await vm_context(request, session, request.path_params["ref"])
-            return page(request, session, "vm.html", status=400, errors=errors, values=form.values(), **context)
+            return await vm_invalid(request, session, form, errors)
         return await vm_write(request, session, form, "POST", ("disks",), {"size_gb": size}, ("size_gb",))
 
     async def vm_disk_remove(request: Request, session: Session, form: Form | None) -> Response:
         assert form is not None
         return await vm_write(request, session, form, "DELETE", ("disks", segment(request.path_params["disk_id"])), None)
+
+    async def vm_nic_attach(request: Request, session: Session, form: Form | None) -> Response:
+        """A new NIC on the chosen network (id or name), with a free address unless one is typed."""
+        assert form is not None
+        if not form.get("network"):
+            return await vm_invalid(request, session, form, {"network": "choose a network"})
+        body = {"network": form.text("network", 64)}
+        if form.get("ip"):
+            body["ip"] = form.text("ip", 15)
+        return await vm_write(request, session, form, "POST", ("nics",), body, ("network", "ip"))
+
+    async def vm_nic_detach(request: Request, session: Session, form: Form | None) -> Response:
+        """Detach one NIC (its port) from the VM; its addresses are free again."""
+        assert form is not None
+        return await vm_write(request, session, form, "DELETE", ("nics", segment(request.path_params["port"])), None)
+
+    async def vm_migrate(request: Request, session: Session, form: Form | None) -> Response:
+        """Move the VM to the chosen node (none: the allocator's choice), live or offline (none:
+        the API's choice). Only admins see the form; the API refuses anyone else with 403."""
+        assert form is not None
+        body: dict[str, Any] = {}
+        if form.get("node"):
+            body["node"] = form.text("node", 63)
+        if form.get("mode"):
+            body["mode"] = form.text("mode", 16)
+        if form.get("force") == "true":
+            body["force"] = True
+        fields = ("node", "mode", "force") if session.is_admin else ()  # a user's page has no such fields
+        return await vm_write(request, session, form, "POST", ("migrate",), body, fields)
 
     async def vm_delete_confirm(request: Request, session: Session, form: Form | None) -> Response:
         vm = await ui.get(request, session, "vms", segment(request.path_params["ref"]))
@@ -254,11 +314,48 @@ def routes(ui: Ui) -> list[BaseRoute]:
 
     # --- resources ---
 
-    async def resources(request: Request, session: Session, form: Form | None) -> Response:
+    async def resources_page(request: Request, session: Session, status: int = 200, errors: dict[str, str] | None = None,
+                             values: dict[str, str] | None = None) -> Response:
         pool = await my_pool(request, session)
         networks = all_items(await ui.get(request, session, "networks", limit=1000))
         ips = all_items(await ui.get(request, session, "ips", limit=1000))
-        return page(request, session, "resources.html", pool=pool_rows(pool), pool_record=pool, networks=networks, ips=ips)
+        deletable = {n["id"] for n in networks if session.is_admin or n["owner"] == session.name}  # the API checks again
+        return page(request, session, "resources.html", status=status, pool=pool_rows(pool), pool_record=pool, networks=networks, ips=ips,
+                    deletable=deletable, notice=resources_notice(request) if status == 200 else None, errors=errors or {}, values=values or {})
+
+    async def resources(request: Request, session: Session, form: Form | None) -> Response:
+        return await resources_page(request, session)
+
+    async def network_create(request: Request, session: Session, form: Form | None) -> Response:
+        """A network of the user's own (an admin's is public): name, subnet and optionally the
+        gateway; the API fills in the rest."""
+        assert form is not None
+        errors: dict[str, str] = {}
+        body: dict[str, Any] = {"name": form.text("name", 64), "subnet": form.text("subnet", 18)}
+        if not body["name"]:
+            errors["name"] = "give the network a name"
+        if not body["subnet"]:
+            errors["subnet"] = "give a subnet, like 10.10.0.0/24"
+        if form.get("gateway"):
+            body["gateway"] = form.text("gateway", 15)
+        if errors:
+            return await resources_page(request, session, 400, errors, form.values())
+        try:
+            answer = await ui.send(request, session, "POST", api_path("networks"), body, form)
+        except CloudError as exc:
+            return await resources_page(request, session, exc.status, errors_from(exc, ("name", "subnet", "gateway")), form.values())
+        return RedirectResponse(to_resources_notice("network-created", answer.data["name"]), status_code=303)
+
+    async def network_delete(request: Request, session: Session, form: Form | None) -> Response:
+        """Delete a network (the API: only its owner or an admin, and only with no ports left)."""
+        assert form is not None
+        try:
+            answer = await ui.send(request, session, "DELETE", api_path("networks", segment(request.path_params["ref"])), None, form)
+        except CloudError as exc:
+            if exc.status == 404:
+                raise
+            return await resources_page(request, session, exc.status, {"": exc.message})
+        return RedirectResponse(to_resources_notice("network-deleted", answer.data["name"]), status_code=303)
 
     def r(path: str, handler: Any, write: bool = False) -> Route:
         return Route(path, guarded_page(ui, handler, write=write), methods=["POST" if write else "GET"])
@@ -273,6 +370,9 @@ def routes(ui: Ui) -> list[BaseRoute]:
         r("/ui/vms/{ref}/iso/detach", vm_iso_detach, write=True),
         r("/ui/vms/{ref}/disks", vm_disk_add, write=True),
         r("/ui/vms/{ref}/disks/{disk_id}/remove", vm_disk_remove, write=True),
+        r("/ui/vms/{ref}/nics", vm_nic_attach, write=True),
+        r("/ui/vms/{ref}/nics/{port}/detach", vm_nic_detach, write=True),
+        r("/ui/vms/{ref}/migrate", vm_migrate, write=True),
         r("/ui/vms/{ref}/delete", vm_delete_confirm),
         r("/ui/vms/{ref}/delete", vm_delete, write=True),
         r("/ui/account", account),
@@ -280,4 +380,6 @@ def routes(ui: Ui) -> list[BaseRoute]:
         r("/ui/account/tokens", token_create, write=True),
         r("/ui/account/tokens/{token_id}/revoke", token_revoke, write=True),
         r("/ui/resources", resources),
+        r("/ui/resources/networks", network_create, write=True),
+        r("/ui/resources/networks/{ref}/delete", network_delete, write=True),
     ]
