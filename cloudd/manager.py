@@ -161,7 +161,7 @@ class Manager:
                 plan = env.state().cluster.get("rebalance")
         orders += [o for o in next_rebalance_moves(plan, nodes, vms, env.state().tasks, settings, shared) if o.target not in unseen]
         for order in orders:
-            args = {"id": order.vm, "node": order.target, "mode": order.mode, "reason": order.reason}
+            args: dict[str, Any] = {"id": order.vm, "node": order.target, "mode": order.mode, "reason": order.reason}
             if order.force:
                 args["force"] = True
             if order.plan:

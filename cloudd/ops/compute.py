@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol, cast
 
 DOMAIN_PREFIX = "cloudd-"
 
@@ -183,7 +183,9 @@ class ComputeDriver(Protocol):
     def reset(self, vm_id: str) -> None:
         """Hard reset a running domain."""
 
-    secrets_supported: bool  # False: no secret store that qemu can use (an embedded libvirt)
+    @property
+    def secrets_supported(self) -> bool:
+        """False: no secret store that qemu can use (an embedded libvirt)."""
 
     def ensure_secret(self, usage_id: str, value: str) -> None:
         """Store a CHAP password as the hypervisor's secret of iSCSI usage ``usage_id``
@@ -220,7 +222,9 @@ class ComputeDriver(Protocol):
 
     # --- live migration (peer to peer; see MigrationTarget) ---
 
-    live_migration: bool  # False: this hypervisor cannot live-migrate (libvirt's test driver)
+    @property
+    def live_migration(self) -> bool:
+        """False: this hypervisor cannot live-migrate (libvirt's test driver)."""
 
     def migrate_live(self, vm_id: str, target: MigrationTarget, target_spec: DomainSpec, options: LiveOptions) -> MigrationResult:
         """Blocking, for as long as the migration runs (call it from a thread of its own).
@@ -255,11 +259,11 @@ def spec_from_dict(data: dict[str, object]) -> DomainSpec:
     try:
         fields = dict(data)
         disks = []
-        for d in fields.pop("disks", ()) or ():  # type: ignore[union-attr]
+        for d in cast(Iterable[Any], fields.pop("disks", ()) or ()):
             disk = dict(d)
             iscsi = disk.pop("iscsi", None)
             disks.append(DiskSpec(**disk, iscsi=IscsiSource(**iscsi) if iscsi else None))
-        nics = tuple(NicSpec(**dict(n)) for n in fields.pop("interfaces", ()) or ())  # type: ignore[union-attr]
+        nics = tuple(NicSpec(**dict(n)) for n in cast(Iterable[Any], fields.pop("interfaces", ()) or ()))
         return DomainSpec(**fields, disks=tuple(disks), interfaces=nics)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ComputeError(f"a malformed domain spec: {exc}") from None
