@@ -31,8 +31,8 @@ a plan that would break it is cut back until it holds again.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from cloudd.alloc.placement import n_plus_one
 from cloudd.alloc.snapshot import Demand, NodeLoad, Snapshot

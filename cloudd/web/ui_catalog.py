@@ -5,6 +5,7 @@ refusals (a duplicate name, an image VMs use) are shown next to their field or r
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +21,8 @@ from cloudd.web.ui_user import all_items
 
 FLAVOR_FIELDS = ("name", "vcpus", "ram_mb", "disk_gb")
 IMAGE_FIELDS = ("name", "format", "path", "size_gb", "os", "min_disk_gb", "min_ram_mb", "public")
+# a page of the catalog again: (request, session, status, errors, values)
+Rerender = Callable[..., Awaitable[Response]]
 # what an admin registers by path ("kernel": a directory with vmlinuz and initrd.img)
 IMAGE_FORMATS = ("qcow2", "raw", "iso", "kernel")
 
@@ -72,30 +75,43 @@ def routes(ui: Ui) -> list[BaseRoute]:
         """The flavors, smallest first, and the form for a new one."""
         return await flavors_page(request, session)
 
+    async def create(request: Request, session: Session, form: Form, rerender: Rerender, collection: str, body: dict[str, Any],
+                     errors: dict[str, str], fields: tuple[str, ...], prefixes: dict[str, str], done: Callable[[Any], str]) -> Response:
+        """POST ``body`` to the API's ``collection`` and redirect to ``done(answer data)``; the
+        form's own ``errors`` or the API's refusal re-render the page with nothing changed."""
+        if errors:
+            return await rerender(request, session, 400, errors, form.values())
+        try:
+            answer = await ui.send(request, session, "POST", api_path(collection), body, form)
+        except CloudError as exc:
+            return await rerender(request, session, exc.status, errors_from(exc, fields, prefixes=prefixes), form.values())
+        return RedirectResponse(done(answer.data), status_code=303)
+
+    async def delete(request: Request, session: Session, form: Form, rerender: Rerender, path: str, row: str, done: str) -> Response:
+        """DELETE the API's ``path`` and redirect to ``done``; a refusal (but a 404, the error
+        page) shows on the row ``row``."""
+        try:
+            await ui.send(request, session, "DELETE", path, None, form)
+        except CloudError as exc:
+            if exc.status == 404:
+                raise
+            return await rerender(request, session, exc.status, {row: exc.message})
+        return RedirectResponse(done, status_code=303)
+
     async def flavor_create(request: Request, session: Session, form: Form | None) -> Response:
         """A new flavor, or the form again with the problem next to its field."""
         assert form is not None
         errors: dict[str, str] = {}
         body = flavor_body(form, errors)
-        if errors:
-            return await flavors_page(request, session, 400, errors, form.values())
-        try:
-            await ui.send(request, session, "POST", api_path("flavors"), body, form)
-        except CloudError as exc:
-            return await flavors_page(request, session, exc.status, errors_from(exc, FLAVOR_FIELDS, prefixes={"flavor": "name"}), form.values())
-        return RedirectResponse(notice_url("/ui/admin/flavors", "flavor-created", body["name"]), status_code=303)
+        return await create(request, session, form, flavors_page, "flavors", body, errors, FLAVOR_FIELDS, {"flavor": "name"},
+                            lambda _: notice_url("/ui/admin/flavors", "flavor-created", body["name"]))
 
     async def flavor_delete(request: Request, session: Session, form: Form | None) -> Response:
         """Delete a flavor (VMs made from it keep their sizes); the API's refusal on its row."""
         assert form is not None
         name = segment(request.path_params["name"])
-        try:
-            await ui.send(request, session, "DELETE", api_path("flavors", name), None, form)
-        except CloudError as exc:
-            if exc.status == 404:
-                raise
-            return await flavors_page(request, session, exc.status, {f"flavor:{name}": exc.message})
-        return RedirectResponse(notice_url("/ui/admin/flavors", "flavor-deleted", name), status_code=303)
+        return await delete(request, session, form, flavors_page, api_path("flavors", name), f"flavor:{name}",
+                            notice_url("/ui/admin/flavors", "flavor-deleted", name))
 
     # --- images ---
 
@@ -114,26 +130,15 @@ def routes(ui: Ui) -> list[BaseRoute]:
         assert form is not None
         errors: dict[str, str] = {}
         body = image_body(form, errors)
-        if errors:
-            return await images_page(request, session, 400, errors, form.values())
-        try:
-            answer = await ui.send(request, session, "POST", api_path("images"), body, form)
-        except CloudError as exc:
-            return await images_page(request, session, exc.status, errors_from(exc, IMAGE_FIELDS, prefixes={"an image named": "name"}), form.values())
-        return RedirectResponse(notice_url("/ui/admin/images", "image-registered", notice_name(answer.data)), status_code=303)
+        return await create(request, session, form, images_page, "images", body, errors, IMAGE_FIELDS, {"an image named": "name"},
+                            lambda data: notice_url("/ui/admin/images", "image-registered", notice_name(data)))
 
     async def image_delete(request: Request, session: Session, form: Form | None) -> Response:
         """Delete an image by id; refused by the API while a VM uses it (shown on its row)."""
         assert form is not None
-        image_id = segment(request.path_params["id"])
-        image = await ui.get(request, session, "images", image_id)
-        try:
-            await ui.send(request, session, "DELETE", api_path("images", image["id"]), None, form)
-        except CloudError as exc:
-            if exc.status == 404:
-                raise
-            return await images_page(request, session, exc.status, {f"image:{image['id']}": exc.message})
-        return RedirectResponse(notice_url("/ui/admin/images", "image-deleted", notice_name(image)), status_code=303)
+        image = await ui.get(request, session, "images", segment(request.path_params["id"]))
+        return await delete(request, session, form, images_page, api_path("images", image["id"]), f"image:{image['id']}",
+                            notice_url("/ui/admin/images", "image-deleted", notice_name(image)))
 
     def r(path: str, handler: Any, write: bool = False) -> Route:
         return Route(path, guarded_page(ui, handler, admin=True, write=write), methods=["POST" if write else "GET"])
